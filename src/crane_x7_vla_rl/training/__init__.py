@@ -1,0 +1,1 @@
+"""VLA-RL training: CLI, trainer, checkpoints, evaluation."""
