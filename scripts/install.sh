@@ -82,10 +82,10 @@ fi
 stamp_dir="${venv%/}"; [ "$venv" = system ] && stamp_dir="$repo/.install"
 mkdir -p "$stamp_dir"
 stamp="$stamp_dir/.crane-x7-install-$(printf '%s' "$extras" | tr ',' '-')"
-want="$(cat "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1) $repo"
+want="$(sha256sum <"$repo/pyproject.toml" | cut -d' ' -f1) $repo"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   log "pip install -e .[$extras]"
-  "$py" -m pip install -q -e "$repo[$extras]"
+  "$py" -m pip install -q -e "${repo}[$extras]"
   printf '%s' "$want" >"$stamp"
 else
   log "virtualenv up to date ($extras)"

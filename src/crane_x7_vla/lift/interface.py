@@ -49,6 +49,19 @@ class Simulator(ABC):
     def get_qvel(self) -> NDArray[np.float32]:
         return self.get_observation().qvel
 
+    def set_qpos(self, qpos: ArrayLike, env_idx: NDArray[np.int64] | None = None) -> None:
+        """Teleport the robot to ``qpos`` (N, 8) (or (8,)): 7 arm joints + finger_a (finger_b mirrors it).
+
+        Velocities become zero and the position targets become ``qpos`` so the robot holds still there;
+        forward kinematics are updated at once (the conformance suite compares poses with
+        :func:`crane_x7_vla.robot.gripper_pose`).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement set_qpos")
+
+    def gripper_pose(self) -> NDArray[np.float64]:
+        """(N, 4, 4) pose of ``crane_x7_gripper_base_link`` in the world (= ``base_link``) frame."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement gripper_pose")
+
     def render(self, camera: str = "third_person") -> NDArray[np.uint8]:
         """(N, H, W, 3) uint8 image of the named camera (for videos)."""
         raise NotImplementedError(f"{type(self).__name__} does not render camera {camera!r}")

@@ -11,8 +11,16 @@ import importlib
 from collections.abc import Callable
 from typing import TypeVar
 
+from crane_x7_vla.lift.errors import SimulatorUnavailableError
 from crane_x7_vla.lift.interface import Simulator
 from crane_x7_vla.lift.types import SimulatorConfig
+
+__all__ = [
+    "SimulatorUnavailableError",
+    "available_simulators",
+    "create_simulator",
+    "register_simulator",
+]
 
 S = TypeVar("S", bound=type[Simulator])
 
@@ -24,10 +32,6 @@ _LAZY: dict[str, str] = {
     "genesis": "crane_x7_vla.lift.genesis",
     "isaacsim": "crane_x7_vla.lift.isaacsim",
 }
-
-
-class SimulatorUnavailableError(RuntimeError):
-    """The backend exists but cannot run here (package not installed, no GPU, ...)."""
 
 
 def register_simulator(name: str) -> Callable[[S], S]:

@@ -38,16 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint with fixed seeds")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--num-episodes", type=int, default=20)
-    ev.add_argument("--simulator", default=None)
-    ev.add_argument("--env-id", default="PickPlace-CRANE-X7")
-    ev.add_argument("--seed", type=int, default=42)
+    ev.add_argument("--simulator", default=None,
+                    help="default: the checkpoint's (env LIFT_SIMULATOR overrides it), else maniskill")
+    ev.add_argument("--env-id", default=None, help="default: the checkpoint's, else PickPlace-CRANE-X7")
+    ev.add_argument("--seed", type=int, default=42, help="episode e of batch b starts from seed + b*envs + e")
     ev.add_argument("--render", action="store_true")
+    ev.add_argument("--backend", default=None, help="cpu / gpu (default: the checkpoint's)")
+    ev.add_argument("--num-parallel-envs", type=int, default=None)
+    ev.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: eval_temperature)")
+    ev.add_argument("--instruction", default=None)
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--num-videos", type=int, default=0, help="save this many episodes as mp4")
+    ev.add_argument("--video-dir", default="eval_videos")
     cfg = sub.add_parser("config", help="write a config template")
     cfg.add_argument("--output", "-o", default="config.yaml")
     cfg.add_argument("--template", choices=["default", "fast", "full"], default="default")
     ex = sub.add_parser("export", help="merge a checkpoint's LoRA into a full OpenVLA checkpoint")
     ex.add_argument("--checkpoint", required=True)
     ex.add_argument("--output", "-o", required=True)
+    ex.add_argument("--device", default=None, help="device used for merging (default cpu)")
     return parser
 
 

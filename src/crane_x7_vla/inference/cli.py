@@ -1,0 +1,85 @@
+"""``crane-x7-vla infer`` (and ``scripts/vla_inference_rosbridge.py``): settings -> model -> rosbridge loop.
+
+Order matters: settings are validated first (all problems at once), the model is loaded BEFORE connecting
+(a 7B checkpoint takes minutes; the robot should not see a subscriber that cannot answer), then the service
+runs until SIGINT/SIGTERM. torch is imported inside :func:`main` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from crane_x7_vla.inference.settings import InferenceSettings, SettingsError, add_arguments, resolve_settings
+
+log = logging.getLogger("crane_x7_vla.inference")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_arguments(parser)
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def load_policy(settings: InferenceSettings) -> Any:
+    """Load the VLA named by the settings (local dir or Hub id)."""
+    from crane_x7_vla.models import load_vla
+
+    return load_vla(settings.model_path, device=settings.device, unnorm_key=settings.unnorm_key,
+                    hf_token=settings.hf_token)
+
+
+def install_stop_handlers(stop: asyncio.Event) -> None:
+    """SIGINT/SIGTERM set ``stop`` (the loop finishes its tick, closes the link and returns)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def serve(settings: InferenceSettings, policy: Any, stop: asyncio.Event | None = None) -> int:
+    """Run the service with a real :class:`RosbridgeClient` until ``stop`` (or a signal)."""
+    from crane_x7_vla.bridge.client import RosbridgeClient
+    from crane_x7_vla.inference.service import InferenceService
+
+    stop = stop or asyncio.Event()
+    install_stop_handlers(stop)
+    client = RosbridgeClient(settings.rosbridge_host, settings.rosbridge_port, proxy=settings.rosbridge_proxy)
+    service = InferenceService(settings, policy, client)
+    client.add_state_listener(service.on_connection_state)
+    try:
+        await service.run(stop)
+    except ConnectionError as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("stopped: %s", service.snapshot())
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=getattr(args, "log_level", "INFO"),
+                        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+    try:
+        settings = resolve_settings(args, cuda_available=_cuda_available)
+    except SettingsError as exc:
+        print(f"crane-x7-vla infer: {exc}", file=sys.stderr)
+        return 2
+    log.info("settings: %s", settings.public_dict())
+    log.info("loading model %s on %s ...", settings.model_path, settings.device)
+    try:
+        policy = load_policy(settings)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"crane-x7-vla infer: could not load the model {settings.model_path!r}: {exc}", file=sys.stderr)
+        return 1
+    log.info("model loaded; connecting to rosbridge %s:%s", settings.rosbridge_host, settings.rosbridge_port)
+    return asyncio.run(serve(settings, policy))

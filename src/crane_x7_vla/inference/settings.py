@@ -1,0 +1,212 @@
+"""Settings of the inference service: ONE frozen object resolved from flags > env vars > the seed's defaults.
+
+Design: :func:`resolve_settings` is pure (it takes the environment as a mapping and the CUDA probe as a
+callable) and collects *every* problem before failing, so a misconfigured container prints one message that
+lists all fixes instead of failing one variable per restart. ``HF_TOKEN`` is only read from the environment
+(a flag would show in ``ps``) and never appears in ``repr`` or :meth:`InferenceSettings.public_dict`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Environment variable names (the seed's, plus ROSBRIDGE_PROXY and the frame guards).
+ENV_HOST = "ROSBRIDGE_HOST"
+ENV_PORT = "ROSBRIDGE_PORT"
+ENV_PROXY = "ROSBRIDGE_PROXY"
+ENV_PEER_WAIT = "PEER_WAIT_TIMEOUT"
+ENV_MODEL = "VLA_MODEL_PATH"
+ENV_INSTRUCTION = "VLA_TASK_INSTRUCTION"
+ENV_DEVICE = "VLA_DEVICE"
+ENV_RATE = "VLA_INFERENCE_RATE"
+ENV_UNNORM = "VLA_UNNORM_KEY"
+ENV_HF_TOKEN = "HF_TOKEN"
+ENV_MAX_FRAME_AGE = "VLA_MAX_FRAME_AGE"
+ENV_MAX_FRAME_BYTES = "VLA_MAX_FRAME_BYTES"
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+_PROXY_SCHEMES = ("socks5://", "socks5h://", "socks4://", "http://", "https://")
+MAX_RATE_HZ = 1000.0
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Everything the inference service needs; build it with :func:`resolve_settings`."""
+
+    model_path: str  # local directory or Hugging Face Hub id (VLA_MODEL_PATH, required)
+    rosbridge_host: str = "crane-x7-local"  # rosbridge server host (the robot's Tailscale name by default)
+    rosbridge_port: int = 9090  # rosbridge WebSocket port
+    # e.g. socks5h://localhost:1055 (Tailscale userspace networking); may hold credentials, so no repr
+    rosbridge_proxy: str | None = field(default=None, repr=False)
+    peer_wait_timeout: float = 300.0  # s to keep retrying the FIRST connection before giving up
+    instruction: str = "pick up the object"  # initial task instruction (/vla/update_instruction changes it)
+    device: str = "cuda"  # torch device: cpu, cuda, cuda:N, mps
+    inference_rate: float = 10.0  # target ticks per second (absolute deadlines, no drift)
+    unnorm_key: str = "crane_x7"  # dataset key of the action un-normalisation statistics
+    max_frame_age: float = 0.5  # s; never act on a frame older than this (see frames.py for the clock rule)
+    max_frame_bytes: int = 8 * 1024 * 1024  # larger compressed frames are rejected unread
+    status_period: float = 1.0  # s between status messages
+    hf_token: str | None = field(default=None, repr=False)  # HF Hub token: env only, never logged
+
+    @property
+    def period(self) -> float:
+        return 1.0 / self.inference_rate
+
+    def public_dict(self) -> dict[str, Any]:
+        """A loggable/savable view: secrets redacted."""
+        out = asdict(self)
+        out["hf_token"] = "<set>" if self.hf_token else None
+        if self.rosbridge_proxy:
+            out["rosbridge_proxy"] = _redact_url(self.rosbridge_proxy)
+        return out
+
+
+class SettingsError(ValueError):
+    """Invalid settings; ``problems`` lists one actionable message per bad value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid inference settings:\n  - " + "\n  - ".join(problems))
+
+
+def _redact_url(url: str) -> str:
+    # socks5h://user:pass@host -> socks5h://***@host: proxy credentials are secrets too.
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``crane-x7-vla infer`` and the seed's script; every default is None so env vars apply."""
+    g = parser.add_argument_group("connection")
+    g.add_argument("--rosbridge-host", help=f"rosbridge host [{ENV_HOST}, default crane-x7-local]")
+    g.add_argument("--rosbridge-port", help=f"rosbridge port [{ENV_PORT}, default 9090]")
+    g.add_argument("--rosbridge-proxy", help=f"SOCKS5/HTTP proxy URL, e.g. socks5h://localhost:1055 [{ENV_PROXY}]")
+    g.add_argument("--peer-wait-timeout", help=f"seconds to wait for rosbridge at start [{ENV_PEER_WAIT}, 300]")
+    m = parser.add_argument_group("model")
+    m.add_argument("--model-path", help=f"local dir or HF Hub id [{ENV_MODEL}, required]")
+    m.add_argument("--instruction", "--task-instruction", dest="instruction",
+                   help=f"task instruction [{ENV_INSTRUCTION}, default 'pick up the object']")
+    m.add_argument("--device", help=f"cpu | cuda | cuda:N [{ENV_DEVICE}, default cuda]")
+    m.add_argument("--unnorm-key", help=f"action statistics key [{ENV_UNNORM}, default crane_x7]")
+    m.add_argument("--inference-rate", help=f"target rate in Hz [{ENV_RATE}, default 10.0]")
+    f = parser.add_argument_group("frames")
+    f.add_argument("--max-frame-age", help=f"drop frames older than this many seconds [{ENV_MAX_FRAME_AGE}, 0.5]")
+    f.add_argument("--max-frame-bytes", help=f"reject larger compressed frames [{ENV_MAX_FRAME_BYTES}, 8 MiB]")
+    f.add_argument("--status-period", help="seconds between status messages [1.0]")
+
+
+class _Resolver:
+    """Looks a field up in flags, then env, then the default, and records problems instead of raising."""
+
+    def __init__(self, args: argparse.Namespace | None, env: Mapping[str, str]) -> None:
+        self.args = args
+        self.env = env
+        self.problems: list[str] = []
+
+    def raw(self, attr: str, env_name: str | None) -> tuple[str | None, str]:
+        flag = getattr(self.args, attr, None) if self.args is not None else None
+        if flag is not None:
+            return str(flag), f"--{attr.replace('_', '-')}"
+        if env_name and self.env.get(env_name, "") != "":
+            return self.env[env_name], env_name
+        return None, "default"
+
+    def text(self, attr: str, env_name: str | None, default: str | None) -> str | None:
+        value, _ = self.raw(attr, env_name)
+        return default if value is None else value.strip()
+
+    def number(
+        self, attr: str, env_name: str | None, default: float, *, kind: type = float,
+        lo: float | None = None, hi: float | None = None, hint: str = "",
+    ) -> Any:
+        value, source = self.raw(attr, env_name)
+        if value is None:
+            return default
+        try:
+            num = kind(value)
+        except ValueError:
+            self.problems.append(f"{source}={value!r} is not {'an integer' if kind is int else 'a number'}; {hint}")
+            return default
+        if (
+            not math.isfinite(num)
+            or (lo is not None and num < lo)
+            or (hi is not None and num > hi)
+        ):
+            self.problems.append(f"{source}={value!r} is out of range; {hint}")
+            return default
+        return num
+
+
+def resolve_settings(
+    args: argparse.Namespace | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    cuda_available: Callable[[], bool] | None = None,
+) -> InferenceSettings:
+    """Resolve flags > env > defaults into :class:`InferenceSettings` or raise :class:`SettingsError`.
+
+    ``cuda_available`` (e.g. ``torch.cuda.is_available``) is only called when a CUDA device is requested;
+    None skips the check (tests, or when torch is not importable yet).
+    """
+    import os
+
+    r = _Resolver(args, os.environ if env is None else env)
+    p = r.problems
+    port = r.number("rosbridge_port", ENV_PORT, 9090, kind=int, lo=1, hi=65535,
+                    hint="use a TCP port between 1 and 65535 (rosbridge's default is 9090)")
+    rate = r.number("inference_rate", ENV_RATE, 10.0, lo=1e-3, hi=MAX_RATE_HZ,
+                    hint=f"use a rate in Hz between 0.001 and {MAX_RATE_HZ:g} (the seed's default is 10.0)")
+    peer_wait = r.number("peer_wait_timeout", ENV_PEER_WAIT, 300.0, lo=0,
+                         hint="use a number of seconds >= 0 (0 = try once)")
+    max_age = r.number("max_frame_age", ENV_MAX_FRAME_AGE, 0.5, lo=1e-3,
+                       hint="use a positive number of seconds, e.g. 0.5")
+    max_bytes = r.number("max_frame_bytes", ENV_MAX_FRAME_BYTES, 8 * 1024 * 1024, kind=int, lo=1,
+                         hint="use a positive number of bytes, e.g. 8388608")
+    status_period = r.number("status_period", None, 1.0, lo=0.01, hint="use a positive number of seconds")
+
+    host = r.text("rosbridge_host", ENV_HOST, "crane-x7-local") or ""
+    if not host or any(c.isspace() for c in host) or "/" in host:
+        p.append(f"rosbridge host {host!r} is not a host name; set --rosbridge-host or {ENV_HOST} "
+                 "(e.g. crane-x7-local or 127.0.0.1)")
+
+    model_path = r.text("model_path", ENV_MODEL, None) or ""
+    if not model_path:
+        p.append(f"no model given; set {ENV_MODEL} or --model-path to a local checkpoint directory or a "
+                 "Hugging Face Hub id (e.g. openvla/openvla-7b)")
+    elif model_path.startswith(("/", "./", "../", "~")) and not Path(model_path).expanduser().exists():
+        p.append(f"model path {model_path!r} does not exist; check the volume mount or use a Hub id")
+
+    instruction = r.text("instruction", ENV_INSTRUCTION, "pick up the object") or ""
+    if not instruction:
+        p.append(f"empty task instruction; set --instruction or {ENV_INSTRUCTION}")
+
+    device = (r.text("device", ENV_DEVICE, "cuda") or "").lower()
+    if not _DEVICE_RE.match(device):
+        p.append(f"device {device!r} is not one of cpu, cuda, cuda:N, mps; set --device or {ENV_DEVICE}")
+    elif device.startswith("cuda") and cuda_available is not None and not cuda_available():
+        p.append(f"device {device!r} requested but no CUDA GPU is visible here; run with --device cpu "
+                 f"(or {ENV_DEVICE}=cpu), or start the container with --gpus all")
+
+    unnorm_key = r.text("unnorm_key", ENV_UNNORM, "crane_x7") or ""
+    if not unnorm_key:
+        p.append(f"empty un-normalisation key; set --unnorm-key or {ENV_UNNORM} (default crane_x7)")
+
+    proxy = r.text("rosbridge_proxy", ENV_PROXY, None) or None
+    if proxy is not None and not proxy.startswith(_PROXY_SCHEMES):
+        p.append(f"proxy {_redact_url(proxy)!r} has no supported scheme; use socks5h://host:port "
+                 "(Tailscale userspace: socks5h://localhost:1055)")
+
+    hf_token = (os.environ if env is None else env).get(ENV_HF_TOKEN) or None
+    if p:
+        raise SettingsError(p)
+    return InferenceSettings(
+        model_path=model_path, rosbridge_host=host, rosbridge_port=port, rosbridge_proxy=proxy,
+        peer_wait_timeout=peer_wait, instruction=instruction, device=device, inference_rate=rate,
+        unnorm_key=unnorm_key, max_frame_age=max_age, max_frame_bytes=max_bytes,
+        status_period=status_period, hf_token=hf_token,
+    )

@@ -1,0 +1,148 @@
+"""Turning (image, instruction) pairs into model inputs: OpenVLA's image transform, prompt and token layout.
+
+Pure preprocessing (PIL + numpy + torch tensors, no model): images are checked (non-empty, RGB, HxWx3 uint8),
+resized with PIL BICUBIC per tower ("resize-naive", "letterbox" or "resize-crop", as Prismatic's transforms on
+PIL images), scaled to [0, 1], normalised with the tower's mean/std and stacked on the channel axis (6 channels
+for fused DINOv2+SigLIP). Prompts follow the published templates; the Llama "▁" token (29871) is appended when
+it is not already last, exactly as ``predict_action`` of the release does. Batches are LEFT-padded so that the
+last position of every row is the one that predicts the first action token, and position ids (cumsum of the
+attention mask) stay contiguous per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from crane_x7_vla.models.config import ViTConfig
+
+ImageLike = np.ndarray | Image.Image
+SPIECE_UNDERLINE = "▁"
+LLAMA_SPIECE_UNDERLINE_ID = 29871
+
+PROMPT_PURE = "In: What action should the robot take to {instruction}?\nOut:"
+PROMPT_V01 = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions. USER: What action should the robot take to "
+    "{instruction}? ASSISTANT:"
+)
+
+
+@dataclass
+class ModelInputs:
+    """A left-padded batch. pixel_values [B, 3*T, H, W] float; input_ids [B, L] long; attention_mask [B, L] long."""
+
+    pixel_values: Tensor
+    input_ids: Tensor
+    attention_mask: Tensor
+
+    def to(self, device: torch.device | str) -> ModelInputs:
+        return ModelInputs(self.pixel_values.to(device), self.input_ids.to(device), self.attention_mask.to(device))
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def build_prompt(instruction: str, style: str = "pure") -> str:
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise ValueError("instruction must be a non-empty string, e.g. 'pick up the red block'")
+    template = PROMPT_V01 if style == "v01" else PROMPT_PURE
+    return template.format(instruction=instruction.lower())
+
+
+def to_pil_rgb(image: Any) -> Image.Image:
+    """Validate one camera image (HxWx3 uint8 array or RGB PIL image) and return it as a PIL RGB image."""
+    if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError("image is empty (0 pixels)")
+        if image.mode != "RGB":
+            raise ValueError(f"image mode is {image.mode!r}, expected 'RGB'; convert it with image.convert('RGB')")
+        return image
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array (H, W, 3) uint8 or a PIL image, got {type(image).__name__}")
+    if image.size == 0:
+        raise ValueError(f"image is empty (shape {image.shape})")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"image has shape {image.shape}, expected (H, W, 3) RGB; grayscale/RGBA/CHW images must be converted "
+            "to HWC RGB first"
+        )
+    if image.dtype != np.uint8:
+        raise ValueError(f"image dtype is {image.dtype}, expected uint8 (0..255); convert with (img*255).astype(np.uint8)")
+    return Image.fromarray(np.ascontiguousarray(image), mode="RGB")
+
+
+def _resize(img: Image.Image, size: int, strategy: str, fill: tuple[int, int, int]) -> Image.Image:
+    if strategy == "letterbox":
+        w, h = img.size
+        m = max(w, h)
+        pad_x, pad_y = (m - w) // 2, (m - h) // 2  # same padding on both sides, as Prismatic's LetterboxPad
+        canvas = Image.new("RGB", (w + 2 * pad_x, h + 2 * pad_y), fill)
+        canvas.paste(img, (pad_x, pad_y))
+        img = canvas
+    elif strategy == "resize-crop":
+        # torchvision Resize(int) on a PIL image: short side -> size, long side truncated; then CenterCrop.
+        w, h = img.size
+        if w <= h:
+            new_w, new_h = size, int(size * h / w)
+        else:
+            new_w, new_h = int(size * w / h), size
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+        return img.crop((left, top, left + size, top + size))
+    return img.resize((size, size), Image.Resampling.BICUBIC)
+
+
+class ImageTransform:
+    """PIL image -> [3*T, H, W] float32 tensor for T towers."""
+
+    def __init__(self, towers: Sequence[ViTConfig], strategy: str = "resize-naive") -> None:
+        self.towers = tuple(towers)
+        self.strategy = strategy
+
+    def __call__(self, image: ImageLike) -> Tensor:
+        img = to_pil_rgb(image)
+        chans = []
+        for t in self.towers:
+            fill = tuple(int(255 * m) for m in t.mean)
+            arr = np.asarray(_resize(img, t.image_size, self.strategy, fill), dtype=np.float32) / 255.0  # [H,W,3]
+            arr = (arr - np.asarray(t.mean, np.float32)) / np.asarray(t.std, np.float32)
+            chans.append(arr.transpose(2, 0, 1))  # [3,H,W]
+        return torch.from_numpy(np.concatenate(chans, axis=0))
+
+
+def prompt_token_ids(tokenizer: Any, prompt: str, underline_id: int) -> list[int]:
+    """BOS + prompt ids, with the "▁" token appended if it is not already last (the release's predict_action)."""
+    ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos, *ids]
+    if ids[-1] != underline_id:
+        ids.append(underline_id)
+    return ids
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Left-pad id lists -> (input_ids [B,L], attention_mask [B,L])."""
+    if not sequences:
+        raise ValueError("empty batch")
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, length - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, length - len(s) :] = 1
+    return ids, mask
+
+
+def underline_token_id(tokenizer: Any) -> int:
+    tid = tokenizer.convert_tokens_to_ids(SPIECE_UNDERLINE)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return LLAMA_SPIECE_UNDERLINE_ID if tid is None or tid == unk else int(tid)

@@ -1,0 +1,181 @@
+"""The VLA actor-critic: a native OpenVLA with PEFT LoRA adapters plus a value head on the shared backbone.
+
+Design (as RL4VLA / RLinf, which are known to learn):
+- the actor is the VLA's own token distribution restricted to the 256 action bins; an action's log-prob is
+  the sum of its D action-token log-probs, computed by the runtime (``sample_action_tokens`` when acting,
+  ``action_token_log_probs`` teacher-forced when updating) at the SAME temperature, so PPO ratios are exact;
+- the critic is a small MLP on the LLM hidden state at the position that predicts the first action token,
+  i.e. it shares the LoRA backbone with the actor (the value loss also shapes the adapters);
+- LoRA is injected in place with ``peft.inject_adapter_in_model`` into every ``nn.Linear`` except ``lm_head``
+  (the published OpenVLA recipe) and saved in PEFT's adapter format (``adapter_config.json`` +
+  ``adapter_model.safetensors`` with ``base_model.model.`` keys), so the inference runtime can load a
+  checkpoint as an ordinary LoRA adapter directory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+VALUE_HEAD_WEIGHTS = "value_head.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class ActOutput:
+    """One batched policy step."""
+
+    tokens: torch.Tensor  # [N, D] long, sampled action tokens
+    log_prob: torch.Tensor  # [N] sum of the D token log-probs
+    entropy: torch.Tensor  # [N] sum of the D token entropies (restricted to the 256 bins)
+    value: torch.Tensor  # [N] V(s)
+
+
+@dataclass(frozen=True)
+class EvalOutput:
+    """Teacher-forced re-evaluation of stored actions (differentiable)."""
+
+    log_prob: torch.Tensor  # [B]
+    entropy: torch.Tensor  # [B]
+    value: torch.Tensor  # [B]
+
+
+class ValueHead(nn.Module):
+    """Hidden state [B, H] -> value [B]; the last layer starts at zero so V starts at 0 (no early bias)."""
+
+    def __init__(self, hidden_size: int, width: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, 1))
+        last = self.net[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [B, H] -> [B]
+        return self.net(hidden.float()).squeeze(-1)
+
+
+def lora_target_modules(model: nn.Module) -> list[str]:
+    """Full names of every nn.Linear except the LM head (OpenVLA's "all-linear" recipe)."""
+    return [name for name, mod in model.named_modules()
+            if isinstance(mod, nn.Linear) and name.split(".")[-1] != "lm_head"]
+
+
+class VLAActorCritic(nn.Module):
+    """Wraps a loaded runtime VLA (``crane_x7_vla.models``); only LoRA and the value head are trainable."""
+
+    def __init__(self, vla: nn.Module, *, lora_rank: int, lora_alpha: int, lora_dropout: float = 0.0,
+                 value_head_hidden: int = 512, base_source: str = "") -> None:
+        super().__init__()
+        from peft import LoraConfig, inject_adapter_in_model
+
+        for p in vla.parameters():
+            p.requires_grad_(False)
+        targets = lora_target_modules(vla)
+        if not targets:
+            raise ValueError("VLAActorCritic: the model has no nn.Linear layers to put LoRA adapters on")
+        self.lora_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                      target_modules=targets, bias="none",
+                                      base_model_name_or_path=base_source or None)
+        self.vla = inject_adapter_in_model(self.lora_config, vla)
+        hidden = _hidden_size(vla)
+        ref = next(vla.parameters())
+        self.value_head = ValueHead(hidden, value_head_hidden).to(ref.device)
+        self.action_dim = int(getattr(vla, "action_dim", 0) or 0)
+
+    # --- acting / evaluating -----------------------------------------------------------------------------
+    def prepare(self, images: Sequence[np.ndarray] | np.ndarray, instructions: Sequence[str]) -> Any:
+        device = next(self.value_head.parameters()).device
+        return self.vla.prepare_inputs(list(images), list(instructions)).to(device)  # type: ignore[operator]
+
+    @torch.no_grad()
+    def act(self, images: Sequence[np.ndarray] | np.ndarray, instructions: Sequence[str], temperature: float,
+            generator: torch.Generator | None = None) -> ActOutput:
+        inputs = self.prepare(images, instructions)
+        out = self.vla.sample_action_tokens(inputs, temperature, generator=generator)  # type: ignore[operator]
+        return ActOutput(tokens=out.tokens, log_prob=out.log_probs.float().sum(-1),
+                         entropy=out.entropy.float().sum(-1), value=self.value_head(out.hidden))
+
+    @torch.no_grad()
+    def value(self, images: Sequence[np.ndarray] | np.ndarray, instructions: Sequence[str]) -> torch.Tensor:
+        """V(s) [N] from one prefill (no action tokens are generated)."""
+        inputs = self.prepare(images, instructions)
+        embeds, mask, pos = self.vla.embed_multimodal(inputs)  # type: ignore[operator]
+        hidden = self.vla.llm_hidden(embeds, mask, pos)[:, -1]  # type: ignore[operator]  # [N, H]
+        return self.value_head(hidden)
+
+    def evaluate_actions(self, images: Sequence[np.ndarray] | np.ndarray, instructions: Sequence[str],
+                         tokens: torch.Tensor, temperature: float) -> EvalOutput:
+        inputs = self.prepare(images, instructions)
+        out = self.vla.action_token_log_probs(inputs, tokens, temperature)  # type: ignore[operator]
+        return EvalOutput(log_prob=out.log_probs.float().sum(-1), entropy=out.entropy.float().sum(-1),
+                          value=self.value_head(out.hidden))
+
+    def decode_actions(self, tokens: torch.Tensor) -> np.ndarray:
+        return np.asarray(self.vla.decode_actions(tokens))  # type: ignore[operator]
+
+    # --- parameters / persistence --------------------------------------------------------------------------
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.vla.named_parameters() if "lora_" in n and p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.vla)
+        return {PEFT_PREFIX + k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def save_adapter(self, directory: Path) -> None:
+        """Write the PEFT adapter (loadable by the runtime as a LoRA dir) and the value head."""
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(self.adapter_state_dict(), str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        cfg = self.lora_config.to_dict()
+        cfg["target_modules"] = sorted(cfg["target_modules"] or [])
+        cfg["peft_type"] = "LORA"
+        (directory / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2, default=str) + "\n")
+        vh = {k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}
+        save_file(vh, str(directory / VALUE_HEAD_WEIGHTS))
+
+    def load_adapter(self, directory: Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = directory / ADAPTER_WEIGHTS
+        if not weights.is_file():
+            raise FileNotFoundError(f"{directory} holds no {ADAPTER_WEIGHTS}: not a crane_x7_vla_rl checkpoint")
+        device = next(self.value_head.parameters()).device
+        state = {k.removeprefix(PEFT_PREFIX): v.to(device) for k, v in load_file(str(weights)).items()}
+        result = set_peft_model_state_dict(self.vla, state)
+        unexpected = list(getattr(result, "unexpected_keys", []) or [])
+        if unexpected:
+            raise ValueError(f"{weights}: {len(unexpected)} adapter keys do not fit this model "
+                             f"(e.g. {unexpected[0]!r}); was it trained from a different base checkpoint?")
+        vh = directory / VALUE_HEAD_WEIGHTS
+        if vh.is_file():
+            self.value_head.load_state_dict({k: v.to(device) for k, v in load_file(str(vh)).items()})
+
+
+def _hidden_size(vla: nn.Module) -> int:
+    for attr in ("hidden_size", "llm_hidden_size"):
+        v = getattr(vla, attr, None)
+        if isinstance(v, int):
+            return v
+    cfg = getattr(vla, "config", None)
+    for attr in ("llm_hidden_size", "hidden_size"):
+        v = getattr(cfg, attr, None)
+        if isinstance(v, int):
+            return v
+    raise ValueError("cannot find the VLA's LLM hidden size (expected model.config.llm_hidden_size)")

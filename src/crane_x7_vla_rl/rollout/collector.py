@@ -1,0 +1,217 @@
+"""The batched env <-> policy loop: one segment = N parallel episodes of at most ``max_steps`` steps.
+
+Design: every env of a segment is reset together with a seed derived from (run seed, update, segment), so a
+resumed run replays exactly the same episodes without saving simulator state. An env whose episode ends
+(terminated or truncated) is frozen until the segment ends: the policy only runs on the still-active envs
+(one batched call per step), frozen envs hold their last action, and their later steps are marked invalid in
+the buffer. V(s_{t+1}) comes for free from the next step's forward; only envs still running at the horizon
+need one extra value call for their final observation (truncation bootstrap).
+
+A simulator may give each env its own instruction through ``reset()``'s ``info["instruction"]`` (a string or
+a sequence of N strings); otherwise every env gets the configured instruction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from crane_x7_vla.lift.interface import Simulator
+from crane_x7_vla_rl.rollout.buffer import Segment
+
+
+class Policy(Protocol):
+    def act(self, images: Any, instructions: Sequence[str], temperature: float,
+            generator: torch.Generator | None = None) -> Any: ...
+
+    def value(self, images: Any, instructions: Sequence[str]) -> torch.Tensor: ...
+
+    def decode_actions(self, tokens: torch.Tensor) -> np.ndarray: ...
+
+
+@dataclass
+class EpisodeResult:
+    seed: int
+    success: bool
+    episode_return: float
+    length: int
+    instruction: str
+    frames: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 video frames (eval only)
+
+
+def env_instructions(info: dict[str, Any], num_envs: int, default: str) -> list[str]:
+    value = info.get("instruction")
+    if isinstance(value, str) and value:
+        return [value] * num_envs
+    if value is not None and not isinstance(value, str | bytes):
+        items = [str(v) for v in value]
+        if len(items) != num_envs:
+            raise ValueError(f"simulator reset info['instruction'] has {len(items)} entries for {num_envs} envs")
+        return items
+    return [default] * num_envs
+
+
+def _bool(x: Any, n: int) -> np.ndarray:
+    return np.broadcast_to(np.asarray(x, dtype=bool).reshape(-1), (n,)).copy()
+
+
+class RolloutCollector:
+    def __init__(self, sim: Simulator, policy: Policy, *, instruction: str, max_steps: int, temperature: float,
+                 device: torch.device, group_size: int = 1) -> None:
+        self.sim = sim
+        self.policy = policy
+        self.instruction = instruction
+        self.max_steps = max_steps
+        self.temperature = temperature
+        self.device = device
+        self.group_size = group_size
+
+    def reset(self, seed: int) -> tuple[Any, list[str]]:
+        """Reset every env; env i gets seed ``seed + i`` (GRPO: ``seed + i // group_size``, shared per group)."""
+        n = self.sim.num_envs
+        if self.group_size <= 1:
+            obs, info = self.sim.reset(seed=seed)
+        else:
+            # Env i is seeded with (seed + i), so resetting env i alone with (s_g - i) gives it s_g: every
+            # member of group g starts from the same state.
+            info = {}
+            for i in range(n):
+                s_g = seed + i // self.group_size
+                _, info_i = self.sim.reset(seed=s_g - i, env_idx=np.array([i], dtype=np.int64))
+                if i == 0:
+                    info = info_i
+            obs = self.sim.get_observation()
+        return obs, env_instructions(info, n, self.instruction)
+
+    def collect(self, seed: int, generator: torch.Generator | None,
+                instruction_index: Callable[[str], int]) -> Segment:
+        """Run one segment of N episodes and return its transitions (tensors on ``self.device``)."""
+        n, T, dev = self.sim.num_envs, self.max_steps, self.device
+        obs, instructions = self.reset(seed)
+        h, w = obs.rgb_image.shape[1:3]
+        images = torch.zeros((T, n, h, w, 3), dtype=torch.uint8, device=dev)
+        tokens: torch.Tensor | None = None
+        log_probs = torch.zeros((T, n), device=dev)
+        values = torch.zeros((T, n), device=dev)
+        next_values = torch.zeros((T, n), device=dev)
+        rewards = torch.zeros((T, n), device=dev)
+        terminated = torch.zeros((T, n), dtype=torch.bool, device=dev)
+        truncated = torch.zeros((T, n), dtype=torch.bool, device=dev)
+        valid = torch.zeros((T, n), dtype=torch.bool, device=dev)
+        ep_return = torch.zeros(n, device=dev)
+        ep_len = torch.zeros(n, dtype=torch.long, device=dev)
+        ep_success = torch.zeros(n, dtype=torch.bool, device=dev)
+        active = np.ones(n, dtype=bool)
+        last_action: np.ndarray | None = None
+        steps = 0
+        for t in range(T):
+            idx = np.flatnonzero(active)
+            if idx.size == 0:
+                break
+            steps = t + 1
+            rgb = np.asarray(obs.rgb_image)
+            act_instr = [instructions[i] for i in idx]
+            out = self.policy.act(rgb[idx], act_instr, self.temperature, generator)
+            if tokens is None:
+                tokens = torch.zeros((T, n, out.tokens.shape[-1]), dtype=torch.long, device=dev)
+            ti = torch.as_tensor(idx, device=dev)
+            if t > 0:
+                # V(s_t) of the envs still running is V(s_{t+1}) of their previous step.
+                next_values[t - 1, ti] = out.value.to(dev).float()
+            images[t, ti] = torch.as_tensor(rgb[idx], device=dev)
+            tokens[t, ti] = out.tokens.to(dev)
+            log_probs[t, ti] = out.log_prob.to(dev).float()
+            values[t, ti] = out.value.to(dev).float()
+            valid[t, ti] = True
+            act = self.policy.decode_actions(out.tokens)  # (n_active, D)
+            if last_action is None:
+                last_action = np.repeat(act[:1], n, axis=0)
+            full = last_action.copy()
+            full[idx] = act  # frozen envs hold their last action
+            last_action = full
+            res = self.sim.step(full)
+            obs = res.observation
+            r = torch.as_tensor(np.asarray(res.reward, dtype=np.float32).reshape(-1)[idx], device=dev)
+            term = _bool(res.terminated, n)[idx]
+            trunc = _bool(res.truncated, n)[idx]
+            if t == T - 1:
+                trunc = trunc | ~term  # the horizon: bootstrap whatever is still running
+            succ = _bool(res.info.get("success", False), n)[idx]
+            rewards[t, ti] = r
+            terminated[t, ti] = torch.as_tensor(term, device=dev)
+            truncated[t, ti] = torch.as_tensor(trunc & ~term, device=dev)
+            ep_return[ti] += r
+            ep_len[ti] += 1
+            ep_success[ti] |= torch.as_tensor(succ, device=dev)
+            boot = idx[trunc & ~term]
+            if boot.size:
+                # Truncation bootstrap: V of the observation this step produced, taken now because a frozen
+                # env keeps being stepped (holding its action) and its observation moves on.
+                rgb_next = np.asarray(obs.rgb_image)
+                v = self.policy.value(rgb_next[boot], [instructions[i] for i in boot]).to(dev).float()
+                next_values[t, torch.as_tensor(boot, device=dev)] = v
+            active[idx[term | trunc]] = False
+        assert tokens is not None
+        sl = slice(0, steps)
+        return Segment(
+            images=images[sl], tokens=tokens[sl], log_probs=log_probs[sl], values=values[sl],
+            next_values=next_values[sl], rewards=rewards[sl], terminated=terminated[sl],
+            truncated=truncated[sl], valid=valid[sl],
+            instruction_ids=torch.tensor([instruction_index(s) for s in instructions], device=dev),
+            group_ids=torch.arange(n, device=dev) // max(self.group_size, 1),
+            episode_returns=ep_return, episode_lengths=ep_len, episode_success=ep_success,
+        )
+
+    @torch.no_grad()
+    def run_episodes(self, seed: int, generator: torch.Generator | None, *,
+                     temperature: float | None = None, record: int = 0,
+                     camera: str = "third_person") -> list[EpisodeResult]:
+        """Evaluation: N episodes from ``seed``; the first ``record`` envs get video frames."""
+        n = self.sim.num_envs
+        obs, instructions = self.reset(seed)
+        results = [EpisodeResult(seed=seed + i, success=False, episode_return=0.0, length=0,
+                                 instruction=instructions[i]) for i in range(n)]
+        active = np.ones(n, dtype=bool)
+        last_action: np.ndarray | None = None
+        temp = self.temperature if temperature is None else temperature
+        for _ in range(self.max_steps):
+            idx = np.flatnonzero(active)
+            if idx.size == 0:
+                break
+            if record:
+                self._record(results, active, record, camera)
+            rgb = np.asarray(obs.rgb_image)
+            out = self.policy.act(rgb[idx], [instructions[i] for i in idx], temp, generator)
+            act = self.policy.decode_actions(out.tokens)
+            if last_action is None:
+                last_action = np.repeat(act[:1], n, axis=0)
+            full = last_action.copy()
+            full[idx] = act
+            last_action = full
+            res = self.sim.step(full)
+            obs = res.observation
+            reward = np.asarray(res.reward, dtype=np.float32).reshape(-1)
+            done = _bool(res.terminated, n) | _bool(res.truncated, n)
+            succ = _bool(res.info.get("success", False), n)
+            for i in idx:
+                results[i].episode_return += float(reward[i])
+                results[i].length += 1
+                results[i].success |= bool(succ[i])
+                if done[i]:
+                    active[i] = False
+        if record:
+            self._record(results, np.ones(n, dtype=bool), record, camera)
+        return results
+
+    def _record(self, results: list[EpisodeResult], active: np.ndarray, record: int, camera: str) -> None:
+        try:
+            frames = np.asarray(self.sim.render(camera))
+        except NotImplementedError:
+            frames = np.asarray(self.sim.get_observation().rgb_image)
+        for i in range(min(record, len(results))):
+            if active[i]:
+                results[i].frames.append(frames[i])

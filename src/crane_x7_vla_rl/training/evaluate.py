@@ -1,0 +1,108 @@
+"""Evaluation: fixed-seed episodes, success rate with a Wilson 95% interval, per-episode results, videos.
+
+The statistics are pure functions (tested on their own); ``evaluate_policy`` runs episodes through the same
+collector as training, and ``write_video`` writes an mp4 atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crane_x7_vla.utils.atomic import atomic_path
+from crane_x7_vla_rl.rollout.collector import EpisodeResult, RolloutCollector
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (default 95%); (0, 1) when n == 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, n={n}], got {successes}")
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class EvalSummary:
+    success_rate: float
+    ci95_low: float
+    ci95_high: float
+    num_episodes: int
+    successes: int
+    mean_return: float
+    mean_length: float
+    episodes: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(results: list[EpisodeResult]) -> EvalSummary:
+    n = len(results)
+    k = sum(r.success for r in results)
+    lo, hi = wilson_interval(k, n)
+    return EvalSummary(
+        success_rate=k / n if n else 0.0, ci95_low=lo, ci95_high=hi, num_episodes=n, successes=k,
+        mean_return=float(np.mean([r.episode_return for r in results])) if n else 0.0,
+        mean_length=float(np.mean([r.length for r in results])) if n else 0.0,
+        episodes=[{"episode": i, "seed": r.seed, "success": r.success, "return": r.episode_return,
+                   "length": r.length, "instruction": r.instruction} for i, r in enumerate(results)],
+    )
+
+
+def evaluate_policy(collector: RolloutCollector, num_episodes: int, seed: int, *, temperature: float,
+                    num_videos: int = 0, camera: str = "third_person") -> list[EpisodeResult]:
+    """Run ``num_episodes`` episodes in batches of the simulator's N envs; batch b starts from ``seed + b*N``.
+
+    Greedy evaluation (temperature 0) draws no random numbers; sampled evaluation uses its own generator, so
+    evaluating never disturbs the training run's random streams.
+    """
+    n = collector.sim.num_envs
+    gen = torch.Generator(device=collector.device).manual_seed(seed)
+    results: list[EpisodeResult] = []
+    batch = 0
+    while len(results) < num_episodes:
+        record = max(0, min(n, num_videos - len(results)))
+        results.extend(collector.run_episodes(seed + batch * n, gen, temperature=temperature, record=record,
+                                              camera=camera))
+        batch += 1
+    return results[:num_episodes]
+
+
+def video_name(update: int | None, episode: int, success: bool) -> str:
+    outcome = "success" if success else "failure"
+    prefix = f"eval_u{update:04d}" if update is not None else "eval"
+    return f"{prefix}_ep{episode:02d}_{outcome}.mp4"
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None:
+    """Write (H, W, 3) uint8 frames as an mp4, atomically."""
+    if not frames:
+        return
+    import imageio.v2 as imageio
+
+    # macro_block_size=1: keep odd sizes instead of silently resizing every frame.
+    with atomic_path(path, suffix=".mp4") as tmp, imageio.get_writer(
+        str(tmp), fps=fps, codec="libx264", macro_block_size=1, ffmpeg_log_level="error"
+    ) as writer:
+        for f in frames:
+            writer.append_data(np.ascontiguousarray(f, dtype=np.uint8))
+
+
+def save_videos(results: list[EpisodeResult], directory: Path, update: int | None, fps: float) -> list[Path]:
+    paths = []
+    for i, r in enumerate(results):
+        if r.frames:
+            p = directory / video_name(update, i, r.success)
+            write_video(p, r.frames, fps)
+            paths.append(p)
+    return paths
