@@ -36,15 +36,15 @@ class RolloutConfig(_Frozen):
     env_id: str = "PickPlace-CRANE-X7"  # task id registered in crane_x7_vla.lift
     backend: Literal["cpu", "gpu"] = "cpu"  # simulation backend (env LIFT_BACKEND)
     render_mode: str = "rgb_array"  # "rgb_array" (offscreen) or "human" (a viewer window; --render)
-    num_parallel_envs: int = Field(4, ge=1)  # envs stepped as one batch; the policy runs batched over them
-    num_rollouts_per_update: int = Field(8, ge=1)  # episodes per update (rounded up to a multiple of envs)
-    max_steps: int = Field(100, ge=1)  # episode horizon (the simulator's max_episode_steps)
+    num_parallel_envs: int = Field(default=4, ge=1)  # envs stepped as one batch; the policy runs batched over them
+    num_rollouts_per_update: int = Field(default=8, ge=1)  # episodes per update (rounded up to a multiple of envs)
+    max_steps: int = Field(default=100, ge=1)  # episode horizon (the simulator's max_episode_steps)
     use_binary_reward: bool = True  # 1 on success else 0; false selects the staged reward
     reward_mode: Literal["binary", "staged", "dense"] | None = None  # added: overrides use_binary_reward
-    temperature: float = Field(1.0, gt=0.0)  # sampling temperature; log-probs are recomputed at the same T
+    temperature: float = Field(default=1.0, gt=0.0)  # sampling temperature; log-probs are recomputed at the same T
     camera: Literal["wrist", "third_person"] = "wrist"  # added: camera the policy sees
     image_size: tuple[int, int] = (224, 224)  # added: rendered (height, width) before the VLA's own resize
-    robot_init_qpos_noise: float = Field(0.02, ge=0.0)  # added: rest-pose noise at reset (rad)
+    robot_init_qpos_noise: float = Field(default=0.02, ge=0.0)  # added: rest-pose noise at reset (rad)
 
     @property
     def effective_reward_mode(self) -> Literal["binary", "staged", "dense"]:
@@ -55,22 +55,22 @@ class RolloutConfig(_Frozen):
 
 class PPOConfig(_Frozen):
     algorithm: Literal["ppo", "grpo"] = "ppo"  # added: grpo = group-relative advantages, no critic
-    learning_rate: float = Field(1.0e-5, gt=0.0)  # AdamW lr of the LoRA parameters
+    learning_rate: float = Field(default=1.0e-5, gt=0.0)  # AdamW lr of the LoRA parameters
     value_learning_rate: float | None = None  # added: lr of the value head (None = 10x learning_rate)
-    gamma: float = Field(0.99, ge=0.0, le=1.0)  # discount
-    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)  # GAE lambda
-    clip_ratio: float = Field(0.2, gt=0.0)  # PPO epsilon of the clipped surrogate
-    value_loss_coef: float = Field(0.5, ge=0.0)  # weight of the value loss
-    entropy_coef: float = Field(0.01, ge=0.0)  # weight of the entropy bonus (sum over action tokens)
-    num_epochs: int = Field(4, ge=1)  # passes over the update's data
-    minibatch_size: int = Field(32, ge=1)  # transitions per optimizer step (split into micro-batches)
-    grad_accumulation_steps: int = Field(1, ge=1)  # added: micro-batches per minibatch (memory knob)
-    max_grad_norm: float = Field(0.5, gt=0.0)  # global grad-norm clip
-    target_kl: float | None = Field(0.02, gt=0.0)  # stop the update's epochs once approx-KL exceeds this
+    gamma: float = Field(default=0.99, ge=0.0, le=1.0)  # discount
+    gae_lambda: float = Field(default=0.95, ge=0.0, le=1.0)  # GAE lambda
+    clip_ratio: float = Field(default=0.2, gt=0.0)  # PPO epsilon of the clipped surrogate
+    value_loss_coef: float = Field(default=0.5, ge=0.0)  # weight of the value loss
+    entropy_coef: float = Field(default=0.01, ge=0.0)  # weight of the entropy bonus (sum over action tokens)
+    num_epochs: int = Field(default=4, ge=1)  # passes over the update's data
+    minibatch_size: int = Field(default=32, ge=1)  # transitions per optimizer step (split into micro-batches)
+    grad_accumulation_steps: int = Field(default=1, ge=1)  # added: micro-batches per minibatch (memory knob)
+    max_grad_norm: float = Field(default=0.5, gt=0.0)  # global grad-norm clip
+    target_kl: float | None = Field(default=0.02, gt=0.0)  # stop the update's epochs once approx-KL exceeds this
     clip_value_loss: bool = True  # PPO2-style clipped value loss
-    value_clip_range: float = Field(0.2, gt=0.0)  # clip range of the value prediction around the old one
+    value_clip_range: float = Field(default=0.2, gt=0.0)  # clip range of the value prediction around the old one
     normalize_advantages: bool = True  # added: per-minibatch advantage normalisation
-    grpo_group_size: int = Field(2, ge=2)  # added: GRPO episodes sharing one initial state (divides envs)
+    grpo_group_size: int = Field(default=2, ge=2)  # added: GRPO episodes sharing one initial state (divides envs)
     lr_schedule: Literal["constant", "linear"] = "constant"  # added: linear decays to 0 over num_updates
 
 
@@ -82,29 +82,29 @@ class TrainConfig(_Frozen):
     pretrained_checkpoint: str = "openvla/openvla-7b"  # Hub id, local dir or LoRA adapter dir
     sft_checkpoint: str | None = None  # SFT checkpoint; used instead of pretrained_checkpoint when set
     unnorm_key: str | None = None  # added: dataset key of the action statistics (None = the only one)
-    lora_rank: int = Field(32, ge=1)  # LoRA r
-    lora_alpha: int = Field(16, ge=1)  # LoRA alpha (scale alpha / r)
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # added: LoRA dropout (0 keeps PPO ratios exact)
-    value_head_hidden: int = Field(512, ge=1)  # added: hidden width of the value MLP
+    lora_rank: int = Field(default=32, ge=1)  # LoRA r
+    lora_alpha: int = Field(default=16, ge=1)  # LoRA alpha (scale alpha / r)
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # added: LoRA dropout (0 keeps PPO ratios exact)
+    value_head_hidden: int = Field(default=512, ge=1)  # added: hidden width of the value MLP
     bf16: bool = True  # added: bf16 autocast on CUDA (ignored on CPU, where fp32 keeps resume exact)
-    num_updates: int = Field(1000, ge=1)  # PPO updates
+    num_updates: int = Field(default=1000, ge=1)  # PPO updates
     language_instruction: str = "pick up the object and place it"  # instruction given to every env
     use_wandb: bool = False  # log to Weights & Biases (WANDB_MODE=offline works; WANDB_DIR honoured)
     wandb_project: str = "crane-x7-vla-rl"  # W&B project (env WANDB_PROJECT)
     wandb_entity: str | None = None  # added: W&B entity (env WANDB_ENTITY)
     use_tensorboard: bool = True  # added: TensorBoard event files under the run dir
-    log_interval: int = Field(10, ge=1)  # updates between console metric lines
-    eval_interval: int = Field(50, ge=1)  # updates between evaluations (drive checkpoint_best)
-    save_interval: int = Field(100, ge=1)  # updates between checkpoint_<N> snapshots
-    num_eval_episodes: int = Field(10, ge=1)  # episodes per evaluation
+    log_interval: int = Field(default=10, ge=1)  # updates between console metric lines
+    eval_interval: int = Field(default=50, ge=1)  # updates between evaluations (drive checkpoint_best)
+    save_interval: int = Field(default=100, ge=1)  # updates between checkpoint_<N> snapshots
+    num_eval_episodes: int = Field(default=10, ge=1)  # episodes per evaluation
     eval_seed: int = 10_000  # added: first seed of the fixed evaluation episodes
-    eval_temperature: float = Field(0.0, ge=0.0)  # added: 0 = greedy actions when evaluating
+    eval_temperature: float = Field(default=0.0, ge=0.0)  # added: 0 = greedy actions when evaluating
     save_eval_videos: bool = True  # added: mp4 per eval episode, named by outcome
-    max_eval_videos: int = Field(4, ge=0)  # added: at most this many videos per evaluation
+    max_eval_videos: int = Field(default=4, ge=0)  # added: at most this many videos per evaluation
     video_camera: Literal["wrist", "third_person"] = "third_person"  # added: camera of the eval videos
     render: bool = False  # added: live visualisation (--render)
-    rollout: RolloutConfig = RolloutConfig()
-    ppo: PPOConfig = PPOConfig()
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

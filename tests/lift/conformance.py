@@ -295,7 +295,7 @@ def run_all(make_sim: SimFactory) -> dict[str, Any]:
     results: dict[str, Any] = {}
     image, state = make_sim(IMAGE_CONFIG), make_sim(STATE_CONFIG)
     checks: dict[str, Callable[[], None]] = {
-        "reset_and_step": lambda: (check_reset_and_step(image), check_reset_and_step(state)) and None,
+        "reset_and_step": lambda: [check_reset_and_step(s) for s in (image, state)] and None,
         "determinism": lambda: check_reset_determinism(image),
         "episode_from_task": lambda: check_episode_matches_task(state),
         "partial_reset": lambda: check_partial_reset(image),

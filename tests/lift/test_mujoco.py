@@ -8,7 +8,6 @@ import pytest
 from conformance import SimFactory, SimulatorConformance
 
 from crane_x7_vla.lift.registry import create_simulator
-from crane_x7_vla.lift.types import SimulatorConfig
 
 if importlib.util.find_spec("mujoco") is None:  # not importorskip: mujoco must be imported after GL selection
     pytest.skip("mujoco is not installed (pip install 'crane-x7-vla[mujoco]')", allow_module_level=True)

@@ -1,15 +1,14 @@
-"""Helpers for tests/net (imported by conftest and the tests). Session-scoped fixtures in conftest: one client key pair and one REAL sshd on 127.0.0.1, configured and
-exec'd by our own entrypoint (``crane-x7-vla entrypoint --role vla-rl``) from a temporary root.
-
-sshd needs root (privilege separation, logging in as another user), so these fixtures skip without it.
-StrictModes stays on: the temporary root lives under ``~/.cache`` (not world-writable like /tmp).
-"""
+"""Helpers shared by tests/net: ports, the CLI path, secrets to look for in output, the real-sshd handle and
+a stderr line reader (tests wait for log lines, which are events, instead of sleeping)."""
 
 from __future__ import annotations
 
+import queue
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,3 +68,26 @@ class Sshd:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
+
+
+class LogLines:
+    """Collects a process's stderr lines in a thread, so the test can wait for a log line (an event)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.q: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        assert proc.stderr is not None
+        stream = proc.stderr
+        threading.Thread(target=lambda: [self.q.put(ln) for ln in stream], daemon=True).start()
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        rx = re.compile(pattern)
+        while True:
+            try:
+                line = self.q.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r}; got:\n{''.join(self.seen)}") from None
+            self.seen.append(line)
+            m = rx.search(line)
+            if m:
+                return m

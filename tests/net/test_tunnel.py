@@ -6,16 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import queue
-import re
 import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 import websockets
-from net_helpers import Sshd, crane_cli, free_port
+from net_helpers import LogLines, Sshd, crane_cli, free_port
 
 from crane_x7_vla.bridge.server import RosbridgeServer
 from crane_x7_vla.net.tunnel import Backoff, TunnelError, TunnelSpec, check_ssh_option, parse_target, ssh_argv
@@ -53,29 +50,6 @@ def test_backoff_is_capped_and_resets_after_a_stable_connection() -> None:
     assert b.delay(60) == 1 and b.delay(1) == 2
 
 
-class _Lines:
-    """Collects a process's stderr lines in a thread, so the test can wait for a log line (an event)."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.q: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        assert proc.stderr is not None
-        stream = proc.stderr
-        threading.Thread(target=lambda: [self.q.put(ln) for ln in stream], daemon=True).start()
-
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
-        rx = re.compile(pattern)
-        while True:
-            try:
-                line = self.q.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(f"no line matching {pattern!r}; got:\n{''.join(self.seen)}") from None
-            self.seen.append(line)
-            m = rx.search(line)
-            if m:
-                return m
-
-
 async def _roundtrip(local_port: int, server: RosbridgeServer, text: str) -> None:
     """A client publishes over the tunnel; the rosbridge server on the far side receives it."""
     got: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
@@ -93,7 +67,7 @@ async def _roundtrip(local_port: int, server: RosbridgeServer, text: str) -> Non
 def test_tunnel_carries_rosbridge_and_reconnects(sshd: Sshd) -> None:
     local_port = free_port()
 
-    async def scenario() -> tuple[subprocess.Popen[str], _Lines, int]:
+    async def scenario() -> tuple[subprocess.Popen[str], LogLines, int]:
         async with RosbridgeServer("127.0.0.1", 0) as server:
             proc = subprocess.Popen(
                 [*crane_cli(), "tunnel", f"ssh://{sshd.user}@127.0.0.1:{sshd.port}",
@@ -101,7 +75,7 @@ def test_tunnel_carries_rosbridge_and_reconnects(sshd: Sshd) -> None:
                  "--identity", str(sshd.key.private), "--max-backoff", "1",
                  "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"],
                 stderr=subprocess.PIPE, text=True)
-            lines = _Lines(proc)
+            lines = LogLines(proc)
             try:
                 pid = int((await asyncio.to_thread(lines.wait_for, r"tunnel up \(ssh pid (\d+)\)")).group(1))
                 await _roundtrip(local_port, server, "pick up the red cube")

@@ -325,6 +325,8 @@ class RosbridgeClient:
             args = args.to_dict()
         goal_id = f"send_action_goal:{action}:{next(self._ids)}"
         handle = ActionGoalHandle(goal_id, action, self, asyncio.get_running_loop().create_future(), feedback_cb)
+        # A goal nobody awaits may fail on disconnect; mark its exception retrieved so asyncio stays quiet.
+        handle._future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._goals[goal_id] = handle
         op = P.send_action_goal(action, normalize_type(action_type), args, op_id=goal_id,
                                 feedback=feedback_cb is not None)
@@ -358,7 +360,8 @@ class RosbridgeClient:
     # ------------------------------------------------------------------ internals: connection loop
     def _connect_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
-            "ping_interval": self._ping_interval, "ping_timeout": self._ping_timeout,
+            # Our own keepalive (see _keepalive): websockets' would wait close_timeout more for a dead peer.
+            "ping_interval": None,
             "open_timeout": self._connect_timeout, "close_timeout": 1.0, "max_size": self._max_size,
             # JPEG payloads do not deflate; compressing costs latency for nothing.
             "compression": None, "max_queue": 64,
@@ -387,6 +390,7 @@ class RosbridgeClient:
             attempt = 0
             self._last_error = ""
             self._ws = ws
+            keepalive = asyncio.create_task(self._keepalive(ws)) if self._ping_interval > 0 else None
             try:
                 await self._replay()
                 self.reconnects += ever_connected
@@ -398,6 +402,8 @@ class RosbridgeClient:
             except ConnectionClosed:
                 pass
             finally:
+                if keepalive is not None:
+                    keepalive.cancel()
                 self._ws = None
                 was_connected = self.connected
                 self._set_state(False)
@@ -408,6 +414,25 @@ class RosbridgeClient:
                                     ws.close_reason or ws.close_code or "closed")
                 else:
                     await ws.close()
+
+    async def _keepalive(self, ws: ClientConnection) -> None:
+        """Ping every ``ping_interval``; no pong within ``ping_timeout`` = dead link, dropped at once.
+
+        Aborting the transport (instead of a close handshake the dead peer would never answer) ends the
+        reader immediately, so detection takes at most ``ping_interval + ping_timeout``.
+        """
+        while True:
+            await asyncio.sleep(self._ping_interval)  # a periodic timer, not synchronisation
+            try:
+                pong = await ws.ping()
+                await asyncio.wait_for(pong, self._ping_timeout)
+            except TimeoutError:
+                log.warning("rosbridge %s did not answer a ping within %gs; dropping the link", self.uri,
+                            self._ping_timeout)
+                ws.transport.abort()
+                return
+            except ConnectionClosed:
+                return
 
     async def _replay(self) -> None:
         """Re-create the desired state on a fresh link (the server forgets everything on disconnect)."""
@@ -501,7 +526,14 @@ class RosbridgeClient:
             key = (op["action"], str(op.get("id")))
             task = asyncio.ensure_future(self._serve_goal(op))
             self._serving_goals[key] = task
-            task.add_done_callback(lambda _t, key=key: self._serving_goals.pop(key, None))  # type: ignore[misc]
+
+            def done(t: asyncio.Task[None]) -> None:
+                self._serving_goals.pop(key, None)
+                if t.cancelled():  # canceled before its first step: the coroutine never ran to answer
+                    result = P.action_result(key[0], {}, P.GoalStatus.CANCELED, True, op_id=op.get("id", ""))
+                    self._spawn(self._send(result), "rosbridge-goal-canceled")
+
+            task.add_done_callback(done)
         elif kind == "cancel_action_goal":
             serving = self._serving_goals.get((op["action"], str(op["id"])))
             if serving is not None:
@@ -561,8 +593,9 @@ class RosbridgeClient:
             if want_feedback:
                 await self._send(P.action_feedback(action, values, op_id=goal_id))
 
+        values: Any
         if entry is None:
             status, values, ok = int(P.GoalStatus.ABORTED), f"action {action!r} is not offered here", False
-        else:
+        else:  # run_goal turns a cancel into CANCELED; a cancel before the first step is done()'s job
             status, values, ok = await run_goal(entry[1], op.get("args") or {}, feedback)
         await self._send(P.action_result(action, values, status, ok, op_id=goal_id))

@@ -334,7 +334,11 @@ def encode_cbor(op: Mapping[str, Any]) -> bytes:
 
 
 def _make_tag_hook(arrays: ArrayMode) -> Any:
-    def hook(_decoder: object, tag: cbor2.CBORTag) -> object:
+    def hook(*args: object) -> object:
+        # cbor2 5.x calls hook(decoder, tag), 6.x hook(tag, immutable): take the tag wherever it is.
+        tag = next((a for a in args if isinstance(a, cbor2.CBORTag)), None)
+        if tag is None:
+            raise ProtocolError("unsupported cbor2 tag_hook signature")
         dtype = _TAG_DTYPES.get(tag.tag)
         if dtype is None:
             return tag

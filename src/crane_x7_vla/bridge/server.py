@@ -484,15 +484,17 @@ class RosbridgeServer:
                     s.send_op(P.action_feedback(action, values, op_id=gid))
 
             async def serve_goal() -> None:
-                try:
-                    status, values, ok = await run_goal(handler, args, feedback)
-                except asyncio.CancelledError:  # canceled before the handler even started
-                    status, values, ok = int(P.GoalStatus.CANCELED), {}, True
-                finally:
-                    self._local_goals.pop((s, str(gid)), None)
+                status, values, ok = await run_goal(handler, args, feedback)
                 s.send_op(P.action_result(action, values, status, ok, op_id=gid))
 
-            self._local_goals[(s, str(gid))] = self._spawn(serve_goal())
+            def done(t: asyncio.Task[Any]) -> None:
+                self._local_goals.pop((s, str(gid)), None)
+                if t.cancelled():  # canceled before its first step: the coroutine never ran to answer
+                    s.send_op(P.action_result(action, {}, P.GoalStatus.CANCELED, True, op_id=gid))
+
+            task = self._spawn(serve_goal())
+            task.add_done_callback(done)
+            self._local_goals[(s, str(gid))] = task
         elif action in self._remote_actions:
             provider = self._remote_actions[action]
             fid = f"fwd_goal:{next(self._ids)}"

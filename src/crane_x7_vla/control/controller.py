@@ -69,8 +69,9 @@ class ControllerStats:
 
 def arm_trajectory(cmd: ArmCommand) -> JointTrajectory:
     """A one-point JointTrajectory reaching ``cmd.positions`` after ``cmd.duration`` (zero end velocity)."""
+    ns = round(cmd.duration * 1e9)
     point = JointTrajectoryPoint(positions=cmd.positions, velocities=(0.0,) * len(cmd.positions),
-                                 time_from_start=Duration.from_seconds(cmd.duration))
+                                 time_from_start=Duration(ns // 1_000_000_000, ns % 1_000_000_000))
     return JointTrajectory(joint_names=robot.ARM_JOINT_NAMES, points=(point,))
 
 

@@ -54,7 +54,8 @@ class Client(Protocol):
 
     async def connect(self) -> None: ...
     async def close(self) -> None: ...
-    async def subscribe(self, topic: str, msg_type: str, callback: Callable[[dict[str, Any]], Any], **kw: Any) -> Any: ...
+    async def subscribe(self, topic: str, msg_type: str | None, callback: Callable[[dict[str, Any]], Any], *,
+                        queue_length: int = 0, throttle_rate: int = 0, compression: str = "none") -> Any: ...
     async def advertise(self, topic: str, msg_type: str) -> Any: ...
     async def publish(self, topic: str, msg: dict[str, Any]) -> Any: ...
 
@@ -68,7 +69,7 @@ class WorkerResult:
     error: tuple[str, str] | None = None  # (kind, message) when the tick produced no action
 
 
-def action_message(action: Sequence[float]) -> dict[str, Any]:
+def action_message(action: Sequence[float] | NDArray[np.floating]) -> dict[str, Any]:
     """``std_msgs/Float32MultiArray`` with a filled layout (one labelled dimension of 8)."""
     n = len(action)
     label = "action[" + ",".join(ACTION_LABELS) + "]" if n == len(ACTION_LABELS) else "action"
@@ -105,6 +106,7 @@ class InferenceService:
         self.rlog = RateLimitedLog(log)
         self.instruction = settings.instruction
         self._seq = 0
+        self._stopping = False
         self._frame_event: asyncio.Event | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vla-model")
         self.on_action: Callable[[NDArray[np.float64], str], None] | None = None  # hook for the demo
@@ -145,7 +147,7 @@ class InferenceService:
         if up and not self.status.connected and self.status.published:
             self.status.reconnects += 1
             log.info("reconnected to rosbridge; resuming")
-        elif not up and self.status.connected:
+        elif not up and self.status.connected and not self._stopping:
             log.warning("lost the rosbridge connection; reconnecting")
         self.status.connected = up
 
@@ -189,6 +191,7 @@ class InferenceService:
         try:
             await self._loop(stop)
         finally:
+            self._stopping = True
             status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await status_task

@@ -7,6 +7,7 @@ decided here and in :mod:`crane_x7_vla.lift.tasks`, in numpy, so every backend a
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,19 @@ def cache_dir(*parts: str) -> Path:
     root = Path(os.environ.get("CRANE_X7_CACHE") or Path.home() / ".cache" / "crane-x7-vla")
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def urdf_file() -> Path:
+    """The generated CRANE-X7 URDF (:func:`crane_x7_vla.robot.model.urdf`) as a file, written once per content."""
+    from crane_x7_vla.robot import model as robot_model
+    from crane_x7_vla.utils.atomic import write_text_atomic
+
+    text = robot_model.urdf()
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = cache_dir("urdf") / f"crane_x7-{digest}.urdf"
+    if not path.exists():
+        write_text_atomic(path, text)
     return path
 
 

@@ -149,7 +149,7 @@ def _randomize(model: OpenVLA, gen: torch.Generator) -> None:
             elif name.endswith("scale_factor"):
                 p.copy_(0.5 + 0.1 * torch.randn(p.shape, generator=gen))
             else:
-                std = 0.5 if ("pos_embed" in name or "token" in name) else 0.08
+                std = 0.5 if ("pos_embed" in name or "token" in name) else 0.2
                 p.copy_(std * torch.randn(p.shape, generator=gen))
         # Make the action rows of the LM head dominate so greedy decoding picks action bins (as trained weights do).
         head = model.language_model.lm_head.weight

@@ -235,17 +235,17 @@ def main(args: argparse.Namespace) -> int:
                         rb_host, rb_port, via, reason)
 
     # --- GPU and model
-    checks: list[Check] = []
+    # (check, fatal when failed). A training container without a GPU still starts: one may want to log in.
     gpus = probe_gpus()
-    device = env.get("VLA_DEVICE", "cuda")
+    device = env.get("VLA_DEVICE", "cuda") if role == "inference" else "cuda"
     torch_cuda = probe_torch_cuda() if gpus and device.lower().startswith("cuda") else None
-    checks.append(check_gpu(device, gpus, torch_cuda))
-    checks.append(check_model(env, required=role == "inference" and plan.strict))
+    checks = [(check_gpu(device, gpus, torch_cuda), plan.strict and role == "inference"),
+              (check_model(env, required=role == "inference" and plan.strict), plan.strict)]
     failed = False
-    for c in checks:
+    for c, fatal in checks:
         if c.ok:
             log.info("%s: %s", c.name, c.message)
-        elif plan.strict:
+        elif fatal:
             log.error("%s: %s", c.name, c.message)
             failed = True
         else:

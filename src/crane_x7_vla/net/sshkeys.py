@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -28,6 +29,7 @@ ALLOWED_TYPES: frozenset[str] = frozenset({
     "sk-ecdsa-sha2-nistp256@openssh.com",
 })
 MIN_RSA_BITS = 2048
+_TYPE_NAME = re.compile(r"^[a-z][a-z0-9@.-]{2,40}$")
 
 
 class SshKeyError(ValueError):
@@ -77,8 +79,12 @@ def parse_public_keys(text: str, source: str = "SSH_PUBLIC_KEY") -> list[PublicK
         fields = line.split(None, 2)
         where = f"{source} line {lineno}"
         if fields[0] not in ALLOWED_TYPES:
-            kind = "options before the key are not accepted" if "=" in fields[0] or "," in fields[0] else \
-                f"key type {fields[0][:40]!r} is not supported"
+            if "=" in fields[0] or "," in fields[0]:
+                kind = "options before the key are not accepted"
+            elif _TYPE_NAME.match(fields[0]) and not fields[0].startswith("AAAA"):
+                kind = f"key type {fields[0]!r} is not supported"
+            else:  # likely key data without its type: do not echo it
+                kind = "the line does not start with a key type"
             raise SshKeyError(f"{where}: {kind}; expected 'ssh-ed25519 AAAA... comment' "
                               f"(one of {', '.join(sorted(ALLOWED_TYPES))})")
         if len(fields) < 2:

@@ -18,12 +18,15 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from crane_x7_vla.robot.kinematics import rpy_to_matrix
+from crane_x7_vla.robot.kinematics import axis_angle_to_matrix, rpy_to_matrix
 from crane_x7_vla.robot.spec import (
     ALL_JOINTS,
     BASE_LINK,
+    FINGER_LENGTH,
     FIXED_JOINTS,
     GRIPPER_BASE_LINK,
+    GRIPPER_GRASP,
+    GRIPPER_JOINTS,
     LINKS,
     MOUNTING_PLATE_AABB,
     MOUNTING_PLATE_LINK,
@@ -41,13 +44,20 @@ from crane_x7_vla.robot.spec import (
 SIM_KP: Final = 1.0e3
 SIM_KD: Final = 1.0e2
 SIM_FORCE_LIMIT: Final = 1.0e4
-# The gripper servo cannot push 1e4 N*m; its squeeze is limited to the joint effort so grasps stay physical.
-GRIPPER_FORCE_LIMIT: Final = 4.0
+# The gripper servo cannot push 1e4 N*m: its torque is capped at the finger joint's effort limit. (The real
+# controller's max_effort of 1 N*m would not even beat the two fingers' joint friction of 0.8 N*m each.)
+GRIPPER_FORCE_LIMIT: Final = GRIPPER_JOINTS[0].effort
+# Stiffer-than-default contacts on the pads (MuJoCo solref/solimp) so a squeezed cube does not sink in.
+PAD_SOLREF: Final = (0.004, 1.0)
+PAD_SOLIMP: Final = (0.95, 0.99, 0.001, 0.5, 2.0)
 # Reflected rotor inertia (kg m^2) of the geared servos; also keeps the light distal links numerically stable.
 ARMATURE: Final = 0.005
 FINGER_PAD_FRICTION: Final = 1.5
-FINGER_PAD_THICKNESS: Final = 0.004  # rubber pad on the inner face of each finger (m)
-FINGER_PAD_HEIGHT: Final = 0.030  # pad spans the last 3 cm of the finger
+FINGER_PAD_THICKNESS: Final = 0.008  # rubber pad block on the inner face of each finger (m)
+FINGER_PLATE_INNER: Final = 0.004  # inner face of the finger plate, from the finger joint axis (m)
+FINGER_PAD_HEIGHT: Final = 0.025  # pad spans the last 2.5 cm of the finger
+PAD_REFERENCE_WIDTH: Final = 0.04  # object width held face-on by the pads ...
+PAD_CONTACT_Q: Final = GRIPPER_GRASP + 0.06  # ... at this finger angle (rad)
 # D435 housing on the wrist (RT ros2 description, camera_base box), in the gripper_base frame.
 D435_BOX_CENTRE: Final[Vec3] = (0.0, 0.0445, 0.0215)
 D435_BOX_SIZE: Final[Vec3] = (0.09, 0.025, 0.025)
@@ -131,21 +141,37 @@ def _cylinder_from_aabb(name: str, aabb: tuple[Vec3, Vec3]) -> Geom:
     return Geom(name, "cylinder", (float(min(h[0], h[1])), float(h[2])), (float(c[0]), float(c[1]), float(c[2])))
 
 
-def _finger_geoms(link_name: str, aabb: tuple[Vec3, Vec3], inward: float) -> tuple[Geom, ...]:
-    """Knuckle + plate + pad of one finger; ``inward`` = +1 if the finger's inner side is +x, else -1."""
+def _finger_geoms(joint: JointSpec, aabb: tuple[Vec3, Vec3]) -> tuple[Geom, ...]:
+    """Knuckle, plate and pad of one finger (in its link frame).
+
+    The hinged fingers meet an object at an angle, which squeezes a cube out like a wedge. So the pad is
+    tilted back by the contact angle: at ``q = PAD_CONTACT_Q`` its face is vertical and sits
+    ``PAD_REFERENCE_WIDTH / 2`` from the gripper axis, i.e. a 4 cm cube is held face-on at the fingertips, and
+    the grasp target GRIPPER_GRASP (slightly more closed) presses with the full servo torque.
+    """
     (x0, y0, z0), (x1, y1, z1) = aabb
-    short = link_name.removeprefix("crane_x7_gripper_").removesuffix("_link")
-    inner = x1 if inward > 0 else x0
-    outer = x0 if inward > 0 else x1
-    plate_t = 0.006  # the finger is a thin plate; the envelope's thickness comes from the knuckle
-    plate_c = inner - inward * plate_t / 2
-    pad_c = inner + inward * FINGER_PAD_THICKNESS / 2
+    short = joint.child.removeprefix("crane_x7_gripper_").removesuffix("_link")
+    side = 1.0 if joint.xyz[0] > 0 else -1.0  # which side of the gripper axis the finger is on
+    inward = -side  # the inner face of the finger points towards the axis
+    inner, outer = (x1, x0) if inward > 0 else (x0, x1)
+    # The finger is a thin plate set back from the envelope's inner side, so that above the pad it clears
+    # the top edge of a held cube; the envelope's thickness comes from the knuckle.
+    plate_t = 0.006
+    plate_c = inward * (FINGER_PLATE_INNER - plate_t / 2)
+    # Pad centre in the gripper_base frame at q = PAD_CONTACT_Q, then mapped into the finger frame.
+    t, hz = FINGER_PAD_THICKNESS, FINGER_PAD_HEIGHT
+    centre_g = np.array([side * (PAD_REFERENCE_WIDTH / 2 + t / 2), 0.0,
+                         joint.xyz[2] + FINGER_LENGTH - hz / 2 - 0.002])
+    rot = axis_angle_to_matrix(joint.axis, PAD_CONTACT_Q)
+    centre_f = rot.T @ (centre_g - np.asarray(joint.xyz))
+    pitch = -PAD_CONTACT_Q * joint.axis[1]  # undo the finger's rotation about its (+-y) axis
     return (
         _box_from_aabb(f"{short}_knuckle", ((min(outer, inner), y0, z0), (max(outer, inner), y1, 0.012)), DARK_RGBA),
         Geom(f"{short}_plate", "box", (plate_t / 2, (y1 - y0) / 2, (z1 - 0.012) / 2),
              (plate_c, (y0 + y1) / 2, (z1 + 0.012) / 2), rgba=DARK_RGBA),
-        Geom(f"{short}_pad", "box", (FINGER_PAD_THICKNESS / 2, 0.4 * (y1 - y0) / 2, FINGER_PAD_HEIGHT / 2),
-             (pad_c, (y0 + y1) / 2, z1 - FINGER_PAD_HEIGHT / 2), rgba=PAD_RGBA, friction=FINGER_PAD_FRICTION),
+        Geom(f"{short}_pad", "box", (t / 2, 0.4 * (y1 - y0) / 2, hz / 2),
+             (float(centre_f[0]), float(centre_f[1]), float(centre_f[2])), (0.0, float(pitch), 0.0),
+             rgba=PAD_RGBA, friction=FINGER_PAD_FRICTION),
     )
 
 
@@ -164,7 +190,7 @@ def describe() -> RobotDescription:
         short = spec.name.removeprefix("crane_x7_").removesuffix("_link")
         geoms: tuple[Geom, ...]
         if spec.name.endswith(("finger_a_link", "finger_b_link")):
-            geoms = _finger_geoms(spec.name, spec.aabb, inward=1.0 if "finger_a" in spec.name else -1.0)
+            geoms = _finger_geoms(joints_by_child[spec.name], spec.aabb)
         elif spec.name == "crane_x7_shoulder_fixed_part_link":
             geoms = (_cylinder_from_aabb(short, spec.aabb),)
         else:
@@ -204,7 +230,7 @@ def _merge_point_mass(inertial: Inertial, mass: float, pos: Vec3, box: Vec3) -> 
 
 
 def _f(values: tuple[float, ...] | list[float] | np.ndarray) -> str:
-    return " ".join(f"{float(v):.6g}" for v in values)
+    return " ".join(f"{float(v):.9g}" for v in values)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,13 +250,13 @@ def urdf(name: str = "crane_x7", description: RobotDescription | None = None) ->
             out += [
                 "    <inertial>",
                 f'      <origin xyz="{_f(b.inertial.com)}" rpy="0 0 0"/>',
-                f'      <mass value="{b.inertial.mass:.6g}"/>',
-                f'      <inertia ixx="{ixx:.6g}" ixy="{ixy:.6g}" ixz="{ixz:.6g}" iyy="{iyy:.6g}" iyz="{iyz:.6g}" izz="{izz:.6g}"/>',
+                f'      <mass value="{b.inertial.mass:.9g}"/>',
+                f'      <inertia ixx="{ixx:.9g}" ixy="{ixy:.9g}" ixz="{ixz:.9g}" iyy="{iyy:.9g}" iyz="{iyz:.9g}" izz="{izz:.9g}"/>',
                 "    </inertial>",
             ]
         for g in b.geoms:
             shape = (f'<box size="{_f([2 * s for s in g.size])}"/>' if g.kind == "box"
-                     else f'<cylinder radius="{g.size[0]:.6g}" length="{2 * g.size[1]:.6g}"/>')
+                     else f'<cylinder radius="{g.size[0]:.9g}" length="{2 * g.size[1]:.9g}"/>')
             origin = f'<origin xyz="{_f(g.pos)}" rpy="{_f(g.rpy)}"/>'
             out.append(f"    <visual name={quoteattr(g.name)}>{origin}<geometry>{shape}</geometry>"
                        f'<material name="{g.name}_mat"><color rgba="{_f(g.rgba)}"/></material></visual>')
@@ -249,8 +275,8 @@ def urdf(name: str = "crane_x7", description: RobotDescription | None = None) ->
             f'  <joint name={quoteattr(j.name)} type="revolute">',
             f"    <parent link={quoteattr(j.parent)}/><child link={quoteattr(j.child)}/>",
             f'    <origin xyz="{_f(j.xyz)}" rpy="0 0 0"/><axis xyz="{_f(j.axis)}"/>',
-            f'    <limit lower="{j.lower:.6g}" upper="{j.upper:.6g}" effort="{j.effort:.6g}" velocity="{j.velocity:.6g}"/>',
-            f'    <dynamics damping="{j.damping:.6g}" friction="{j.friction:.6g}"/>',
+            f'    <limit lower="{j.lower:.9g}" upper="{j.upper:.9g}" effort="{j.effort:.9g}" velocity="{j.velocity:.9g}"/>',
+            f'    <dynamics damping="{j.damping:.9g}" friction="{j.friction:.9g}"/>',
         ]
         if j.mimic:
             out.append(f'    <mimic joint={quoteattr(j.mimic)} multiplier="1" offset="0"/>')
@@ -292,7 +318,9 @@ def _mj_geom(g: Geom, indent: str) -> str:
     quat = _rpy_to_quat(g.rpy)
     col = (f'contype="{ROBOT_CONTYPE}" conaffinity="{ROBOT_CONAFFINITY}"' if g.collide
            else 'contype="0" conaffinity="0"')
-    friction = f' friction="{g.friction:.6g} 0.005 0.0001"'
+    friction = f' friction="{g.friction:.9g} 0.005 0.0001"'
+    if g.name.endswith("_pad"):
+        friction += f' solref="{_f(PAD_SOLREF)}" solimp="{_f(PAD_SOLIMP)}" condim="4"'
     # Geoms carry no mass: link inertials come from the spec.
     return (f'{indent}<geom name={quoteattr(g.name)} type="{g.kind}" size="{size}" pos="{_f(g.pos)}" '
             f'quat="{_f(quat)}" rgba="{_f(g.rgba)}" {col}{friction} mass="0"/>')
@@ -330,14 +358,14 @@ def mjcf(
         ind = "  " * depth
         lines = [f'{ind}<body name={quoteattr(b.name)} pos="{_f(b.xyz)}" quat="{_f(_rpy_to_quat(b.rpy))}" gravcomp="1">']
         if b.inertial is not None:
-            lines.append(f'{ind}  <inertial pos="{_f(b.inertial.com)}" mass="{b.inertial.mass:.6g}" '
+            lines.append(f'{ind}  <inertial pos="{_f(b.inertial.com)}" mass="{b.inertial.mass:.9g}" '
                          f'fullinertia="{_f(b.inertial.inertia)}"/>')
         if b.joint is not None:
             j = b.joint
             lines.append(
-                f'{ind}  <joint name={quoteattr(j.name)} type="hinge" axis="{_f(j.axis)}" range="{j.lower:.6g} {j.upper:.6g}" '
-                f'damping="{j.damping:.6g}" frictionloss="{j.friction:.6g}" armature="{ARMATURE:.6g}" '
-                f'actuatorfrcrange="-{_effort_limit(j):.6g} {_effort_limit(j):.6g}"/>'
+                f'{ind}  <joint name={quoteattr(j.name)} type="hinge" axis="{_f(j.axis)}" range="{j.lower:.9g} {j.upper:.9g}" '
+                f'damping="{j.damping:.9g}" frictionloss="{j.friction:.9g}" armature="{ARMATURE:.9g}" '
+                f'actuatorfrcrange="-{_effort_limit(j):.9g} {_effort_limit(j):.9g}"/>'
             )
         lines += [_mj_geom(g, ind + "  ") for g in b.geoms]
         for cam in cams_by_parent.get(b.name, []):
@@ -354,8 +382,8 @@ def mjcf(
     mimics = [b.joint for b in d.bodies if b.joint is not None and b.joint.mimic is not None]
     act_xml = "\n".join(
         f'    <position name="{j.name.removeprefix("crane_x7_").removesuffix("_joint")}" joint={quoteattr(j.name)} '
-        f'kp="{d.kp:.6g}" kv="{d.kd:.6g}" ctrlrange="{j.lower:.6g} {j.upper:.6g}" '
-        f'forcerange="-{_effort_limit(j):.6g} {_effort_limit(j):.6g}"/>'
+        f'kp="{d.kp:.9g}" kv="{d.kd:.9g}" ctrlrange="{j.lower:.9g} {j.upper:.9g}" '
+        f'forcerange="-{_effort_limit(j):.9g} {_effort_limit(j):.9g}"/>'
         for j in actuated
     )
     eq_xml = "\n".join(
@@ -364,7 +392,7 @@ def mjcf(
     )
     return f"""<mujoco model={quoteattr(model_name)}>
   <compiler angle="radian" autolimits="true"/>
-  <option timestep="{timestep:.6g}" integrator="implicitfast" cone="elliptic" impratio="10"/>
+  <option timestep="{timestep:.9g}" integrator="implicitfast" cone="elliptic" impratio="10"/>
   <statistic extent="1.0" center="0.3 0 0.2"/>
   <visual>
     <map znear="0.01" zfar="10"/>
@@ -395,4 +423,4 @@ def _effort_limit(j: JointSpec) -> float:
 
 def _mj_camera(cam: CameraSpec, indent: str) -> str:
     return (f'{indent}<camera name={quoteattr(cam.name)} pos="{_f(cam.xyz)}" '
-            f'xyaxes="{_f(mujoco_camera_xyaxes(cam))}" fovy="{cam.fovy_deg:.6g}"/>')
+            f'xyaxes="{_f(mujoco_camera_xyaxes(cam))}" fovy="{cam.fovy_deg:.9g}"/>')

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -88,6 +89,8 @@ class SimBridge:
         self.rlog = RateLimitedLog(log)
         self._pending: set[asyncio.Future[Any]] = set()
         self.images_published = 0
+        self.frame_listener: Callable[[bytes, float], None] | None = None  # e.g. the demo's video recorder
+        self.extra_listener: Callable[[bytes, float], None] | None = None  # SimRobotConfig.extra_camera frames
         self.joint_states_published = 0
 
     @property
@@ -114,7 +117,7 @@ class SimBridge:
         self.server.add_action_server(robot.ARM_ACTION_NAME, robot.ARM_ACTION_TYPE, self._arm_goal)
         self.server.add_action_server(robot.GRIPPER_ACTION_NAME, robot.GRIPPER_ACTION_TYPE, self._gripper_goal)
         self.robot = SimRobot(sim, self.config.robot, on_joint_state=self._joint_state_from_thread,
-                              on_image=self._image_from_thread)
+                              on_image=self._image_from_thread, on_extra_image=self._extra_from_thread)
         self.robot.start(seed=self.config.seed)
         log.info("sim bridge (%s) serving the CRANE-X7 interfaces on ws://%s:%d", self.config.simulator,
                  self.config.host, self.port)
@@ -140,6 +143,10 @@ class SimBridge:
     def _image_from_thread(self, jpeg: bytes, stamp: float) -> None:
         self._threadsafe(self._publish_image, jpeg, stamp)
 
+    def _extra_from_thread(self, jpeg: bytes, stamp: float) -> None:
+        if self.extra_listener is not None:
+            self._threadsafe(self.extra_listener, jpeg, stamp)
+
     def _publish_joint_state(self, fields: dict[str, Any]) -> None:
         header = Header(Time.from_seconds(fields["stamp"]), "")
         msg = JointState(tuple(fields["name"]), tuple(fields["position"]), tuple(fields["velocity"]),
@@ -151,6 +158,8 @@ class SimBridge:
         msg = CompressedImage(jpeg, "jpeg", Header(Time.from_seconds(stamp), robot.WRIST_CAMERA.name))
         self._spawn(self.server.publish(robot.CAMERA_COMPRESSED_TOPIC, CompressedImage.TYPE, msg.to_dict()))
         self.images_published += 1
+        if self.frame_listener is not None:
+            self.frame_listener(jpeg, stamp)
 
     def _spawn(self, result: Any) -> None:
         # server.publish may be sync or a coroutine; keep a reference to pending ones so none is collected.

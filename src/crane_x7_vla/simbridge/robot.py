@@ -86,6 +86,7 @@ class SimRobotConfig:
     goal_time_tolerance: float = 2.0  # s after the trajectory end before the goal is aborted
     stall_velocity: float = 0.02  # rad/s: gripper slower than this counts as still
     stall_time: float = 0.3  # s still (and not at target) -> stalled on an object
+    extra_camera: str | None = None  # also render this camera at camera_rate (e.g. "third_person" for videos)
 
 
 @dataclass
@@ -126,11 +127,13 @@ class SimRobot:
         *,
         on_joint_state: JointStateCallback | None = None,
         on_image: ImageCallback | None = None,
+        on_extra_image: ImageCallback | None = None,
     ) -> None:
         self.sim = sim
         self.config = config
         self.on_joint_state = on_joint_state
         self.on_image = on_image
+        self.on_extra_image = on_extra_image
         self._lock = threading.Lock()
         self._shared = _Shared()
         self._stop = threading.Event()
@@ -141,6 +144,7 @@ class SimRobot:
         self.late_ticks = 0
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._camera_ok = True
 
     # ---------------------------------------------------------------- lifecycle
     def start(self, seed: int = 0) -> None:
@@ -268,10 +272,14 @@ class SimRobot:
                 if self.on_joint_state is not None:
                     self.on_joint_state({**joint_state_fields(qpos, qvel), "stamp": stamp})
                 if self.on_image is not None and self.ticks % frame_every == 0:
-                    rgb = self._render()
+                    rgb = self._render("wrist")
                     if rgb is not None:
                         self.on_image(encode_jpeg(rgb, cfg.jpeg_quality), stamp)
                         self.frames += 1
+                    if cfg.extra_camera and self.on_extra_image is not None:
+                        extra = self._render(cfg.extra_camera)
+                        if extra is not None:
+                            self.on_extra_image(encode_jpeg(extra, cfg.jpeg_quality), stamp)
                 self.ticks += 1
                 if sched.complete(time.monotonic()).missed:
                     self.late_ticks += 1
@@ -282,11 +290,17 @@ class SimRobot:
             # GL contexts belong to the thread that made them: the renderer is closed here, not by the caller.
             self.sim.close()
 
-    def _render(self) -> NDArray[np.uint8] | None:
+    def _render(self, camera: str) -> NDArray[np.uint8] | None:
+        if not self._camera_ok:
+            return None
         try:
-            img = self.sim.render("wrist")  # (N, H, W, 3)
+            img = self.sim.render(camera)  # (N, H, W, 3)
         except NotImplementedError:
             img = self.sim.get_observation().rgb_image
+        except Exception as exc:  # no GL here: keep the arm simulated, publish no camera
+            self._camera_ok = False
+            log.error("wrist camera disabled, rendering failed: %s", exc)
+            return None
         if img is None or img.size == 0:
             return None
         return np.ascontiguousarray(img[0])

@@ -95,7 +95,7 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None
         str(tmp), fps=fps, codec="libx264", macro_block_size=1, ffmpeg_log_level="error"
     ) as writer:
         for f in frames:
-            writer.append_data(np.ascontiguousarray(f, dtype=np.uint8))
+            writer.append_data(np.ascontiguousarray(f, dtype=np.uint8))  # type: ignore[attr-defined]
 
 
 def save_videos(results: list[EpisodeResult], directory: Path, update: int | None, fps: float) -> list[Path]:

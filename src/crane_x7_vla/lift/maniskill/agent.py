@@ -9,8 +9,6 @@ backend matches the MuJoCo reference instead of being tuned on its own.
 from __future__ import annotations
 
 import copy
-import hashlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +19,7 @@ from mani_skill.agents.controllers import PDJointPosControllerConfig, PDJointPos
 from mani_skill.agents.registration import register_agent
 from mani_skill.utils.structs.pose import Pose
 
-from crane_x7_vla.lift.backend_common import cache_dir
+from crane_x7_vla.lift.backend_common import urdf_file
 from crane_x7_vla.robot import (
     ACTION_LOWER,
     ACTION_UPPER,
@@ -39,18 +37,6 @@ AGENT_UID = "crane_x7"
 # targets itself (crane_x7_vla.lift.actions) and only uses this controller through direct gym.make users.
 MAX_DELTA = 0.1
 FINGER_LINKS = ("crane_x7_gripper_finger_a_link", "crane_x7_gripper_finger_b_link")
-
-
-def urdf_file() -> Path:
-    """Write the generated URDF into the cache (once per content) and return its path."""
-    from crane_x7_vla.utils.atomic import write_text_atomic
-
-    text = robot_model.urdf()
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    path = cache_dir("urdf") / f"crane_x7-{digest}.urdf"
-    if not path.exists():
-        write_text_atomic(path, text)
-    return path
 
 
 def rest_qpos9() -> np.ndarray:
@@ -114,7 +100,8 @@ class CraneX7(BaseAgent):
             # tracked without the steady-state sag a pure PD servo has under load.
             link.disable_gravity = True
         for joint in self.robot.active_joints:
-            joint.set_armature([robot_model.ARMATURE])
+            for px_joint in joint._objs:  # one PhysX joint per parallel scene
+                px_joint.set_armature(np.array([robot_model.ARMATURE], dtype=np.float32))
         self.gripper_link = self.robot.links_map[GRIPPER_BASE_LINK]
         self.finger_links = [self.robot.links_map[n] for n in FINGER_LINKS]
         self.camera_link = self.robot.links_map[WRIST_CAMERA.name]
@@ -122,6 +109,23 @@ class CraneX7(BaseAgent):
         # Articulation index of each of the 8 Lift joints (7 arm + finger_a) and of finger_b.
         self.lift_joint_index = torch.tensor([names.index(n) for n in (*ARM_JOINT_NAMES, GRIPPER_JOINT_NAMES[0])])
         self.mimic_joint_index = names.index(GRIPPER_JOINT_NAMES[1])
+
+    def articulation_qpos(self, q8: torch.Tensor) -> torch.Tensor:
+        """(b, 8) Lift joint values (7 arm + finger_a) -> (b, 9) in articulation order (finger_b = finger_a)."""
+        out = torch.zeros((q8.shape[0], len(self.robot.active_joints)), dtype=q8.dtype, device=q8.device)
+        out[:, self.lift_joint_index.to(q8.device)] = q8
+        out[:, self.mimic_joint_index] = q8[:, 7]
+        return out
+
+    def set_drive_targets(self, q9: torch.Tensor) -> None:
+        """Hold (b, 9) articulation positions (the envs under the scene's reset mask on GPU)."""
+        joints = self.robot.active_joints
+        idx = torch.arange(len(joints), dtype=torch.int32, device=self.device)
+        self.robot.set_joint_drive_targets(q9, joints=joints, joint_indices=idx)
+
+    def lift_qpos(self, q: torch.Tensor) -> torch.Tensor:
+        """(N, 9) articulation values -> (N, 8) Lift order."""
+        return q[:, self.lift_joint_index.to(q.device)]
 
     @property
     def tcp_pose(self) -> Pose:

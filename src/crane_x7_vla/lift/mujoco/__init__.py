@@ -16,7 +16,7 @@ if importlib.util.find_spec("mujoco") is None:
         "(or scripts/install.sh mujoco)"
     )
 
-from crane_x7_vla.lift.mujoco.gl import select_gl  # noqa: E402
+from crane_x7_vla.lift.mujoco.gl import select_gl
 
 select_gl()  # must run before mujoco is imported
 

@@ -16,7 +16,7 @@ SCENE_FRICTION = 1.0
 
 
 def _f(values: tuple[float, ...]) -> str:
-    return " ".join(f"{v:.6g}" for v in values)
+    return " ".join(f"{v:.9g}" for v in values)
 
 
 def scene_xml(task: PickPlaceTask, timestep: float) -> str:
@@ -29,13 +29,13 @@ def scene_xml(task: PickPlaceTask, timestep: float) -> str:
     <geom name="{TABLE_GEOM}" type="box" size="{_f(task.table_half)}" pos="{_f(task.table_centre)}"
           rgba="{_f(task.table_rgba)}" {col} friction="{SCENE_FRICTION} 0.005 0.0001"/>
     <geom name="floor" type="plane" size="3 3 0.1" pos="0 0 -0.75" rgba="0.35 0.35 0.38 1" {col}/>
-    <body name="{CUBE_BODY}" pos="0.3 0 {h:.6g}">
+    <body name="{CUBE_BODY}" pos="0.3 0 {h:.9g}">
       <freejoint name="cube_joint"/>
-      <geom name="{CUBE_GEOM}" type="box" size="{h:.6g} {h:.6g} {h:.6g}" mass="{task.cube_mass:.6g}"
+      <geom name="{CUBE_GEOM}" type="box" size="{h:.9g} {h:.9g} {h:.9g}" mass="{task.cube_mass:.9g}"
             rgba="{_f(task.cube_rgba)}" {col} friction="{SCENE_FRICTION} 0.005 0.0001" condim="4"/>
     </body>
     <body name="{GOAL_BODY}" mocap="true" pos="0.3 0.1 0.0005">
-      <geom name="goal" type="cylinder" size="{task.goal_radius:.6g} 0.0005" rgba="{_f(task.goal_rgba)}"
+      <geom name="goal" type="cylinder" size="{task.goal_radius:.9g} 0.0005" rgba="{_f(task.goal_rgba)}"
             contype="0" conaffinity="0"/>
     </body>"""
     return model.mjcf(worldbody=worldbody, timestep=timestep, model_name="crane_x7_pick_place")

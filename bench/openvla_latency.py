@@ -1,0 +1,187 @@
+"""OpenVLA-7B action latency on one GPU: the eager loop vs the static-cache CUDA-graph engine, in one run.
+
+Builds the full openvla-7b architecture with random weights on the GPU (nothing is downloaded; the tokenizer is
+the locally built one of a tiny checkpoint, which keeps the real id layout), then measures:
+  - batch-1 predict p50/p99 (preprocessing included) for the eager loop and the engine,
+  - engine throughput (actions/s) at batch 8 and 32,
+  - peak GPU memory of the engine at batch 1,
+  - token agreement between the engine and the eager loop on the same inputs,
+  - N simulated robots at R Hz each sharing the engine through the request batcher: p50/p99 latency.
+Prints one JSON object.
+
+    python bench/openvla_latency.py [--iters 50] [--robots 8] [--rate 10] [--tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crane_x7_vla.models import OpenVLA, OpenVLAConfig, load_vla, make_tiny_checkpoint
+from crane_x7_vla.models.batcher import BatchingPredictor
+from crane_x7_vla.models.engine import OpenVLAEngine
+from crane_x7_vla.models.presets import OPENVLA_7B
+
+INSTRUCTION = "pick up the red cube and place it on the plate"
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _time(fn: Any, iters: int) -> list[float]:
+    out = []
+    for _ in range(iters):
+        _sync()
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs) * 1e3, q))
+
+
+def build_model(tiny: bool, device: str) -> OpenVLA:
+    tmp = Path(tempfile.mkdtemp())
+    small = load_vla(make_tiny_checkpoint(tmp / "tiny", action_dim=7), device="cpu")
+    if tiny:
+        return small.to(device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    cfg = copy.deepcopy(OPENVLA_7B)
+    cfg["norm_stats"] = small.norm_stats
+    config = OpenVLAConfig.from_dict(cfg)
+    torch.manual_seed(0)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = OpenVLA(config, tokenizer=small.tokenizer, norm_stats=small.norm_stats)
+    finally:
+        torch.set_default_dtype(prev)
+    with torch.no_grad():  # small random weights keep activations finite through 32 layers
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.02)
+            elif "norm" in name or "scale_factor" in name:
+                p.fill_(1.0)
+            else:
+                p.zero_()
+    return model.eval()
+
+
+async def _robots(engine: OpenVLAEngine, image: np.ndarray, robots: int, rate: float, seconds: float) -> dict[str, Any]:
+    batcher = BatchingPredictor(lambda ims, ins: engine.predict(ims, ins), max_batch=engine.max_batch, max_wait_s=0.004)
+    latencies: list[float] = []
+    sizes: list[int] = []
+    missed = 0
+
+    async def robot(i: int) -> None:
+        nonlocal missed
+        period = 1.0 / rate
+        t_next = time.perf_counter() + i * period / robots  # spread the phases
+        end = time.perf_counter() + seconds
+        while t_next < end:
+            await asyncio.sleep(max(0.0, t_next - time.perf_counter()))
+            res = await batcher.predict(image, INSTRUCTION)
+            latencies.append(res.latency_s)
+            sizes.append(res.batch_size)
+            t_next += period
+            if time.perf_counter() > t_next:
+                missed += 1
+                t_next = time.perf_counter()
+
+    await asyncio.gather(*(robot(i) for i in range(robots)))
+    await batcher.close()
+    return {
+        "robots": robots, "rate_hz_each": rate, "requests": len(latencies),
+        "achieved_hz_total": len(latencies) / seconds,
+        "latency_ms_p50": _pct(latencies, 50), "latency_ms_p99": _pct(latencies, 99),
+        "mean_batch": statistics.fmean(sizes), "missed_deadlines": missed,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--eager-iters", type=int, default=15)
+    ap.add_argument("--robots", type=int, default=8)
+    ap.add_argument("--rate", type=float, default=10.0)
+    ap.add_argument("--robot-seconds", type=float, default=10.0)
+    ap.add_argument("--tiny", action="store_true", help="use the tiny architecture (CPU smoke run)")
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t0 = time.perf_counter()
+    model = build_model(args.tiny, device)
+    build_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(32)]
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "arch": "tiny" if args.tiny else "openvla-7b",
+        "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
+        "build_s": build_s, "torch": torch.__version__,
+    }
+
+    eager = _time(lambda: model.predict_action(images[:1], [INSTRUCTION]), 3 + args.eager_iters)[3:]
+    result["eager_b1_ms_p50"], result["eager_b1_ms_p99"] = _pct(eager, 50), _pct(eager, 99)
+
+    engine = OpenVLAEngine(model, max_batch=32)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    engine.predict(images[:1], [INSTRUCTION])  # capture
+    result["engine_capture_b1_s"] = time.perf_counter() - t0
+    fast = _time(lambda: engine.predict(images[:1], [INSTRUCTION]), args.iters)
+    result["engine_b1_ms_p50"], result["engine_b1_ms_p99"] = _pct(fast, 50), _pct(fast, 99)
+    if device == "cuda":
+        result["engine_b1_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    result["speedup_b1_p50"] = result["eager_b1_ms_p50"] / result["engine_b1_ms_p50"]
+
+    # Model-only time (inputs prepared once): what the GPU spends per action.
+    inputs = model.prepare_inputs(images[:1], [INSTRUCTION])
+    model_only = _time(lambda: engine.generate(inputs, model.action_dim), args.iters)
+    result["engine_b1_model_only_ms_p50"] = _pct(model_only, 50)
+
+    for b in (8, 32):
+        ims, ins = images[:b], [INSTRUCTION] * b
+        engine.predict(ims, ins)
+        ts = _time(lambda ims=ims, ins=ins: engine.predict(ims, ins), max(5, args.iters // 5))
+        result[f"engine_b{b}_ms_p50"] = _pct(ts, 50)
+        result[f"engine_b{b}_actions_per_s"] = b / float(np.median(ts))
+    if device == "cuda":
+        result["peak_gb_all"] = torch.cuda.max_memory_allocated() / 1e9
+
+    # Agreement of greedy tokens (engine vs eager loop) on 16 different inputs.
+    from crane_x7_vla.models.generate import _decode_loop
+
+    agree = 0
+    lm_head = model.language_model.lm_head
+    instructions = [f"{INSTRUCTION} number {i}" for i in range(16)]
+    for i in range(16):
+        inp = model.prepare_inputs(images[i : i + 1], instructions[i : i + 1])
+        with torch.inference_mode():
+            toks, _ = _decode_loop(model, inp, model.action_dim, lambda h: lm_head(h).argmax(dim=-1))
+        want = torch.stack(toks, dim=1)
+        got = engine.generate(inp, model.action_dim)
+        agree += int(torch.equal(want, got))
+    result["greedy_identical_fraction"] = agree / 16
+
+    result["multi_robot"] = asyncio.run(_robots(engine, images[0], args.robots, args.rate, args.robot_seconds))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

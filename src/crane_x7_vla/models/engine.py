@@ -1,0 +1,253 @@
+"""Fast greedy action generation for :class:`~crane_x7_vla.models.openvla.OpenVLA` (gpt-fast style).
+
+The eager path (:mod:`.generate`) is launch-bound on a GPU: ~7 transformers forwards with a growing
+``DynamicCache`` and thousands of small kernel launches per action. This engine runs the same math over a
+*static* KV cache with fixed shapes, so one whole action — vision towers, projector, prefill and the
+``action_dim - 1`` decode steps, argmax included — is captured once per (batch, prompt-length) bucket as a
+single CUDA graph and then replayed with one launch. Batches are padded up to a power of two and prompts are
+left-padded to a multiple of ``text_bucket`` tokens, so a handful of graphs covers every request.
+
+Only the attention over the static cache is written here; everything else calls the model's own modules
+(transformers' ``LlamaRMSNorm``, ``LlamaMLP``, projections, rotary embedding and ``apply_rotary_pos_emb``), so a
+LoRA-merged or fine-tuned checkpoint runs unchanged. On CPU (or with ``use_cuda_graphs=False``) the same static
+function runs eagerly, which is how CI checks that it reproduces :func:`.generate.predict_action`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from crane_x7_vla.models.openvla import OpenVLA
+from crane_x7_vla.models.processing import ImageLike, ModelInputs
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, n))))
+
+
+@dataclass
+class _Graph:
+    """Static input/output buffers of one (batch, text length) bucket, and its CUDA graph when captured."""
+
+    batch: int
+    text_len: int
+    pixel_values: Tensor  # [Bp, C, H, W]
+    input_ids: Tensor  # [Bp, Lp]
+    gather_idx: Tensor  # [Bp, T] index into cat(text_embeds, patches) along the sequence
+    key_valid: Tensor  # [Bp, T] bool, False at padding
+    positions: Tensor  # [Bp, T]
+    tokens: Tensor  # [Bp, D] output
+    graph: torch.cuda.CUDAGraph | None = None
+
+
+class OpenVLAEngine:
+    """Greedy ``predict`` with a static KV cache (+ CUDA graphs on CUDA). Thread-safe; one call at a time."""
+
+    def __init__(
+        self,
+        model: OpenVLA,
+        *,
+        max_batch: int = 32,
+        text_bucket: int = 16,
+        use_cuda_graphs: bool | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.max_batch = max_batch
+        self.text_bucket = text_bucket
+        self.device = model.device
+        self.use_cuda_graphs = self.device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
+        if self.use_cuda_graphs and self.device.type != "cuda":
+            raise ValueError("use_cuda_graphs=True needs the model on a CUDA device")
+        lm = model.language_model.model
+        cfg = model.language_model.config
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.layers = list(lm.layers)
+        self.num_patches = model.config.vision_towers[0].num_patches
+        self._graphs: dict[tuple[int, int, int], _Graph] = {}
+        self._caches: dict[tuple[int, int], tuple[list[Tensor], list[Tensor]]] = {}
+        self._pool: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ public API
+    def predict(
+        self, images: Sequence[ImageLike], instructions: Sequence[str], unnorm_key: str | None = None
+    ) -> np.ndarray:
+        """Same contract as :meth:`OpenVLA.predict_action`: unnormalised actions (B, action_dim) float32."""
+        dim = self.model.action_stats(unnorm_key).dim
+        inputs = self.model.prepare_inputs(images, instructions)
+        tokens = self.generate(inputs, dim)
+        return self.model.decode_actions(tokens, unnorm_key)
+
+    @torch.inference_mode()
+    def generate(self, inputs: ModelInputs, action_dim: int) -> Tensor:
+        """Greedy action token ids [B, action_dim] (argmax over the full vocabulary, as the release)."""
+        b = inputs.batch_size
+        if b > self.max_batch:  # split oversize batches
+            step = self.max_batch
+            parts = [
+                self.generate(ModelInputs(inputs.pixel_values[i : i + step], inputs.input_ids[i : i + step],
+                                          inputs.attention_mask[i : i + step]), action_dim)
+                for i in range(0, b, step)
+            ]
+            return torch.cat(parts)
+        bp = min(_next_pow2(b), self.max_batch)
+        length = inputs.input_ids.shape[1]
+        lp = self.text_bucket * math.ceil(length / self.text_bucket)
+        with self._lock:
+            g = self._bucket(bp, lp, action_dim)
+            self._fill(g, inputs)
+            if self.use_cuda_graphs:
+                if g.graph is None:
+                    self._capture(g, action_dim)
+                assert g.graph is not None
+                g.graph.replay()
+            else:
+                self._run(g, action_dim)
+            return g.tokens[:b].clone()
+
+    # ------------------------------------------------------------------ buffers
+    def _bucket(self, bp: int, lp: int, d: int) -> _Graph:
+        key = (bp, lp, d)
+        if key not in self._graphs:
+            m, dev = self.model, self.device
+            img = m.config.vision_towers[0].image_size
+            chans = 3 * len(m.config.vision_towers)
+            t = lp + self.num_patches
+            self._graphs[key] = _Graph(
+                batch=bp,
+                text_len=lp,
+                pixel_values=torch.zeros(bp, chans, img, img, device=dev, dtype=m.dtype),
+                input_ids=torch.full((bp, lp), m.config.pad_token_id, device=dev, dtype=torch.long),
+                gather_idx=torch.zeros(bp, t, device=dev, dtype=torch.long),
+                key_valid=torch.zeros(bp, t, device=dev, dtype=torch.bool),
+                positions=torch.zeros(bp, t, device=dev, dtype=torch.long),
+                tokens=torch.zeros(bp, d, device=dev, dtype=torch.long),
+            )
+        return self._graphs[key]
+
+    def _kv(self, bp: int, max_len: int) -> tuple[list[Tensor], list[Tensor]]:
+        """Static K/V buffers [Bp, kvH, max_len, hd] per layer, shared by all buckets of one batch size."""
+        have = self._caches.get((bp, 0))
+        if have is not None and have[0][0].shape[2] >= max_len:
+            return have
+        shape = (bp, self.num_kv_heads, max_len, self.head_dim)
+        dtype = self.model.dtype
+        kv = (
+            [torch.zeros(shape, device=self.device, dtype=dtype) for _ in self.layers],
+            [torch.zeros(shape, device=self.device, dtype=dtype) for _ in self.layers],
+        )
+        self._caches[(bp, 0)] = kv
+        # A bigger cache invalidates graphs captured against the old buffers.
+        for key, g in self._graphs.items():
+            if key[0] == bp:
+                g.graph = None
+        return kv
+
+    def _fill(self, g: _Graph, inputs: ModelInputs) -> None:
+        """Copy one request into the bucket's static buffers (left-pad text, repeat row 0 into spare rows)."""
+        b, length = inputs.input_ids.shape
+        pad = g.text_len - length
+        ids = F.pad(inputs.input_ids, (pad, 0), value=self.model.config.pad_token_id)
+        am = F.pad(inputs.attention_mask, (pad, 0), value=0)
+        if b < g.batch:
+            rep = g.batch - b
+            ids = torch.cat([ids, ids[:1].expand(rep, -1)])
+            am = torch.cat([am, am[:1].expand(rep, -1)])
+            pix = torch.cat([inputs.pixel_values, inputs.pixel_values[:1].expand(rep, -1, -1, -1)])
+        else:
+            pix = inputs.pixel_values
+        # Sequence layout per row: [pads..., BOS, patches(P), rest of prompt]; index into cat(text, patches).
+        p, lp = self.num_patches, g.text_len
+        first = am.argmax(dim=1)  # [Bp] BOS column
+        slot = torch.arange(lp + p, device=ids.device)[None, :].expand(g.batch, -1)
+        is_patch = (slot > first[:, None]) & (slot <= first[:, None] + p)
+        after = slot > first[:, None] + p
+        text_idx = torch.where(after, slot - p, slot)
+        patch_idx = lp + (slot - first[:, None] - 1)
+        gather = torch.where(is_patch, patch_idx, text_idx)
+        valid = torch.where(is_patch, torch.ones_like(am[:, :1], dtype=torch.bool), am.gather(1, text_idx.clamp(max=lp - 1)).bool())
+        positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+        g.input_ids.copy_(ids)
+        g.pixel_values.copy_(pix.to(g.pixel_values.dtype))
+        g.gather_idx.copy_(gather)
+        g.key_valid.copy_(valid)
+        g.positions.copy_(positions)
+
+    # ------------------------------------------------------------------ the static computation
+    def _attention(self, layer: torch.nn.Module, h: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor,
+                   v_cache: Tensor, start: int, mask: Tensor) -> Tensor:
+        """Self-attention of ``h`` [B,S,H] written into the cache at [start, start+S); ``mask`` [B,1,S,Tmax]."""
+        attn = layer.self_attn  # type: ignore[attr-defined]
+        b, s, _ = h.shape
+        q = attn.q_proj(h).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        k_cache[:, :, start : start + s] = k
+        v_cache[:, :, start : start + s] = v
+        out = F.scaled_dot_product_attention(
+            q, k_cache, v_cache, attn_mask=mask, enable_gqa=self.num_kv_heads != self.num_heads
+        )  # [B,nH,S,hd]
+        return attn.o_proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))  # type: ignore[no-any-return]
+
+    def _trunk(self, x: Tensor, positions: Tensor, start: int, mask: Tensor, kv: tuple[list[Tensor], list[Tensor]]) -> Tensor:
+        lm = self.model.language_model.model
+        cos, sin = lm.rotary_emb(x, positions)
+        for i, layer in enumerate(self.layers):
+            x = x + self._attention(layer, layer.input_layernorm(x), cos, sin, kv[0][i], kv[1][i], start, mask)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return lm.norm(x)  # type: ignore[no-any-return]
+
+    def _run(self, g: _Graph, d: int) -> None:
+        m = self.model
+        bp, t = g.batch, g.gather_idx.shape[1]
+        kv = self._kv(bp, t + d)
+        tmax = kv[0][0].shape[2]  # the shared cache may be longer than this bucket needs
+        patches = m.projector(m.vision_backbone(g.pixel_values))  # [Bp,P,H]
+        embed = m.language_model.model.embed_tokens
+        src = torch.cat([embed(g.input_ids), patches.to(m.dtype)], dim=1)  # [Bp, Lp+P, H]
+        x = src.gather(1, g.gather_idx[:, :, None].expand(-1, -1, src.shape[-1]))
+        # Prefill mask: causal over the first T slots and only real keys; cache slots >= T masked out.
+        key_valid = F.pad(g.key_valid, (0, tmax - t), value=False)  # [Bp, Tmax]
+        causal = torch.ones(t, tmax, device=x.device, dtype=torch.bool).tril()
+        mask = causal[None, None] & key_valid[:, None, None, :]  # [Bp,1,T,Tmax]
+        # Rows that are pure padding attend to nothing; let them see themselves to avoid NaN softmax.
+        mask = mask | torch.eye(t, tmax, device=x.device, dtype=torch.bool)[None, None]
+        h = self._trunk(x, g.positions, 0, mask, kv)[:, -1]  # [Bp,H]
+        lm_head = m.language_model.lm_head
+        tok = lm_head(h).argmax(dim=-1)
+        g.tokens[:, 0] = tok
+        pos = g.positions[:, -1:]
+        for step in range(1, d):
+            key_valid = key_valid.clone()
+            key_valid[:, t + step - 1] = True
+            pos = pos + 1
+            x = embed(tok[:, None])
+            h = self._trunk(x, pos, t + step - 1, key_valid[:, None, None, :], kv)[:, -1]
+            tok = lm_head(h).argmax(dim=-1)
+            g.tokens[:, step] = tok
+
+    def _capture(self, g: _Graph, d: int) -> None:
+        # Warm up on a side stream (allocator, cuBLAS handles), then capture into a shared memory pool.
+        stream = torch.cuda.Stream(device=self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self._run(g, d)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._run(g, d)
+        g.graph = graph

@@ -1,0 +1,107 @@
+"""The full openvla-7b module tree, built on the meta device, has exactly the published keys and shapes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from crane_x7_vla.models.config import OpenVLAConfig
+from crane_x7_vla.models.loading import build_on_meta
+
+OPENVLA_7B = {
+    "model_type": "openvla",
+    "vision_backbone_id": "dinosiglip-vit-so-224px",
+    "llm_backbone_id": "llama2-7b-pure",
+    "arch_specifier": "no-align+fused-gelu-mlp",
+    "use_fused_vision_backbone": True,
+    "image_resize_strategy": "resize-naive",
+    "timm_model_ids": ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"],
+    "timm_override_act_layers": [None, None],
+    "image_sizes": [224, 224],
+    "llm_max_length": 2048,
+    "pad_token_id": 32000,
+    "pad_to_multiple_of": 64,
+    "n_action_bins": 256,
+    "norm_stats": {},
+    "text_config": {
+        "model_type": "llama", "vocab_size": 32064, "hidden_size": 4096, "intermediate_size": 11008,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "hidden_act": "silu",
+        "max_position_embeddings": 2048, "rope_theta": 10000.0, "pad_token_id": 32000,
+        "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def shapes() -> dict[str, tuple[int, ...]]:
+    model = build_on_meta(OpenVLAConfig.from_dict(OPENVLA_7B))
+    assert all(p.device.type == "meta" for p in model.parameters())
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _numel(shapes: dict[str, tuple[int, ...]], prefix: str) -> int:
+    return sum(int(torch.Size(s).numel()) for k, s in shapes.items() if k.startswith(prefix))
+
+
+def test_key_families_and_shapes(shapes: dict[str, tuple[int, ...]]) -> None:
+    dino, sig, llm = "vision_backbone.featurizer.", "vision_backbone.fused_featurizer.", "language_model."
+    expect = {
+        dino + "cls_token": (1, 1, 1024),
+        dino + "reg_token": (1, 4, 1024),
+        dino + "pos_embed": (1, 256, 1024),
+        dino + "patch_embed.proj.weight": (1024, 3, 14, 14),
+        dino + "blocks.0.attn.qkv.weight": (3072, 1024),
+        dino + "blocks.0.attn.proj.weight": (1024, 1024),
+        dino + "blocks.23.ls1.scale_factor": (1024,),
+        dino + "blocks.23.ls2.scale_factor": (1024,),
+        dino + "blocks.0.mlp.fc1.weight": (4096, 1024),
+        dino + "blocks.0.mlp.fc2.weight": (1024, 4096),
+        dino + "blocks.0.norm1.weight": (1024,),
+        dino + "norm.weight": (1024,),
+        sig + "pos_embed": (1, 256, 1152),
+        sig + "patch_embed.proj.weight": (1152, 3, 14, 14),
+        sig + "blocks.26.attn.qkv.weight": (3456, 1152),
+        sig + "blocks.0.mlp.fc1.weight": (4304, 1152),
+        sig + "attn_pool.latent": (1, 1, 1152),
+        sig + "attn_pool.kv.weight": (2304, 1152),
+        sig + "norm.bias": (1152,),
+        "projector.fc1.weight": (8704, 2176),
+        "projector.fc2.weight": (4096, 8704),
+        "projector.fc3.weight": (4096, 4096),
+        llm + "model.embed_tokens.weight": (32064, 4096),
+        llm + "model.layers.31.self_attn.q_proj.weight": (4096, 4096),
+        llm + "model.layers.0.self_attn.k_proj.weight": (4096, 4096),
+        llm + "model.layers.0.mlp.gate_proj.weight": (11008, 4096),
+        llm + "model.layers.0.mlp.down_proj.weight": (4096, 11008),
+        llm + "model.layers.0.input_layernorm.weight": (4096,),
+        llm + "model.layers.0.post_attention_layernorm.weight": (4096,),
+        llm + "model.norm.weight": (4096,),
+        llm + "lm_head.weight": (32064, 4096),
+    }
+    for k, s in expect.items():
+        assert shapes.get(k) == s, k
+    assert not any(k.endswith(".gamma") for k in shapes)
+    assert not any(k.startswith(sig) and ("cls_token" in k or "reg_token" in k or ".ls1." in k) for k in shapes)
+    assert "vision_backbone.featurizer.attn_pool.latent" not in shapes
+    # no stray buffers (RoPE inv_freq is non-persistent) and only the three top-level families
+    assert {k.split(".")[0] for k in shapes} == {"vision_backbone", "projector", "language_model"}
+
+
+def test_block_counts(shapes: dict[str, tuple[int, ...]]) -> None:
+    def count(pattern: str) -> int:
+        return len({m.group(1) for k in shapes if (m := re.match(pattern, k))})
+
+    assert count(r"vision_backbone\.featurizer\.blocks\.(\d+)\.") == 24
+    assert count(r"vision_backbone\.fused_featurizer\.blocks\.(\d+)\.") == 27
+    assert count(r"language_model\.model\.layers\.(\d+)\.") == 32
+
+
+def test_parameter_counts_match_the_spec(shapes: dict[str, tuple[int, ...]]) -> None:
+    # spec: DINOv2 303M, SigLIP 428M, projector 71M, Llama-2 6.739B, total 7.541B
+    assert _numel(shapes, "vision_backbone.featurizer.") == pytest.approx(303e6, rel=0.01)
+    assert _numel(shapes, "vision_backbone.fused_featurizer.") == pytest.approx(428e6, rel=0.01)
+    assert _numel(shapes, "projector.") == pytest.approx(71e6, rel=0.01)
+    assert _numel(shapes, "language_model.") == pytest.approx(6.739e9, rel=0.002)
+    assert _numel(shapes, "") == pytest.approx(7.541e9, rel=0.002)

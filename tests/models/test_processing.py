@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from crane_x7_vla.models.config import DINO_MEAN, DINO_STD, ViTConfig
+from crane_x7_vla.models.openvla import OpenVLA
+from crane_x7_vla.models.processing import ImageTransform, build_prompt, left_pad, to_pil_rgb
+
+TOWER = ViTConfig(8, 2, 2, 16, 14, 28, mean=DINO_MEAN, std=DINO_STD)
+
+
+@pytest.mark.parametrize(
+    ("image", "match"),
+    [
+        (np.zeros((0, 10, 3), np.uint8), "empty"),
+        (np.zeros((10, 10), np.uint8), r"expected \(H, W, 3\)"),
+        (np.zeros((10, 10, 4), np.uint8), r"expected \(H, W, 3\)"),
+        (np.zeros((3, 10, 10), np.uint8), r"expected \(H, W, 3\)"),
+        (np.zeros((10, 10, 3), np.float32), "uint8"),
+        (Image.new("L", (10, 10)), "convert"),
+        ("image.png", "numpy array"),
+    ],
+)
+def test_bad_images_are_named(image: object, match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        to_pil_rgb(image)
+
+
+def test_resize_naive_matches_pil_bicubic_and_normalises() -> None:
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    out = ImageTransform([TOWER, TOWER])(img)
+    assert out.shape == (6, 28, 28) and out.dtype == torch.float32
+    ref = np.asarray(Image.fromarray(img).resize((28, 28), Image.Resampling.BICUBIC), np.float32) / 255.0
+    ref = (ref - np.array(DINO_MEAN, np.float32)) / np.array(DINO_STD, np.float32)
+    assert torch.allclose(out[:3], torch.from_numpy(ref.transpose(2, 0, 1)), atol=1e-6)
+
+
+def test_letterbox_pads_with_mean_and_resize_crop_keeps_centre() -> None:
+    img = np.full((10, 40, 3), 255, np.uint8)
+    lb = ImageTransform([TOWER], "letterbox")(img)
+    corner = (int(255 * DINO_MEAN[0]) / 255.0 - DINO_MEAN[0]) / DINO_STD[0]
+    assert lb[0, 0, 0].item() == pytest.approx(corner, abs=1e-3)  # padded (mean-coloured) rows
+    crop = ImageTransform([TOWER], "resize-crop")(img)
+    white = (1.0 - DINO_MEAN[0]) / DINO_STD[0]
+    assert torch.allclose(crop[0], torch.full((28, 28), white), atol=1e-4)  # crop of an all-white image
+
+
+def test_prompts() -> None:
+    assert build_prompt("Pick UP the Block") == "In: What action should the robot take to pick up the block?\nOut:"
+    assert build_prompt("go", "v01").endswith("USER: What action should the robot take to go? ASSISTANT:")
+    with pytest.raises(ValueError, match="non-empty"):
+        build_prompt("  ")
+
+
+def test_left_pad() -> None:
+    ids, mask = left_pad([[1, 5, 6], [1, 7]], pad_id=32000)
+    assert ids.tolist() == [[1, 5, 6], [32000, 1, 7]]
+    assert mask.tolist() == [[1, 1, 1], [0, 1, 1]]
+
+
+def test_prepare_inputs_appends_29871_and_bos(tiny_model: OpenVLA, images: list[np.ndarray]) -> None:
+    inputs = tiny_model.prepare_inputs(images[:2], ["pick up the red block", "go"])
+    assert inputs.pixel_values.shape == (2, 6, 224, 224)
+    assert inputs.input_ids[:, -1].tolist() == [29871, 29871]
+    for row, m in zip(inputs.input_ids, inputs.attention_mask, strict=True):
+        assert row[m.argmax()].item() == 1  # BOS is the first real token
+    assert inputs.input_ids[1, 0].item() == 32000 and inputs.attention_mask[1, 0].item() == 0
+    with pytest.raises(ValueError, match="2 images but 1 instructions"):
+        tiny_model.prepare_inputs(images[:2], ["go"])
+    with pytest.raises(TypeError, match="sequence of strings"):
+        tiny_model.prepare_inputs(images[:1], "go")  # type: ignore[arg-type]
