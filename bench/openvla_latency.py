@@ -164,6 +164,11 @@ def main() -> None:
     if device == "cuda":
         result["peak_gb_all"] = torch.cuda.max_memory_allocated() / 1e9
 
+    # The engine's GPU normalisation must equal the CPU path exactly.
+    a = engine.prepare_inputs(images[:4], [INSTRUCTION] * 4).pixel_values.float()
+    b = model.prepare_inputs(images[:4], [INSTRUCTION] * 4).pixel_values.float()
+    result["gpu_preprocess_max_abs_diff"] = float((a - b).abs().max())
+
     # Agreement of greedy tokens (engine vs eager loop) on 16 different inputs.
     from crane_x7_vla.models.generate import _decode_loop
 

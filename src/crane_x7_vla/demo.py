@@ -132,7 +132,8 @@ def write_video(path: Path, rec: Recorder, instruction: str, fps: float) -> int:
                 i = int(np.searchsorted(times, t, side="right")) - 1
                 act = rec.actions[i][1] if i >= 0 else None
                 rgb = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
-                k = int(np.searchsorted(scene_times, t, side="right")) - 1 if rec.scene else -1
+                # max(.., 0): every frame gets a scene panel so all video frames have one size
+                k = max(0, int(np.searchsorted(scene_times, t, side="right")) - 1) if rec.scene else -1
                 scene = np.asarray(Image.open(io.BytesIO(rec.scene[k][1])).convert("RGB")) if k >= 0 else None
                 writer.append_data(overlay(rgb, act, t - t0, instruction, scene))
         finally:

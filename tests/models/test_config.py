@@ -41,7 +41,7 @@ def test_unknown_tower_suggests_closest(tiny_ckpt: Path) -> None:
     d = _cfg(tiny_ckpt)
     del d["vision_tower_configs"]
     d["timm_model_ids"] = ["vit_large_patch14_reg4_dinov2", "vit_so400m_patch14_siglip_224"]
-    with pytest.raises(ValueError, match="Did you mean 'vit_large_patch14_reg4_dinov2.lvd142m'"):
+    with pytest.raises(ValueError, match=r"Did you mean 'vit_large_patch14_reg4_dinov2\.lvd142m'"):
         OpenVLAConfig.from_dict(d)
 
 

@@ -131,11 +131,11 @@ def test_missing_files_are_named(tiny_ckpt: Path, models_tmp: Path) -> None:
         load_vla(tiny_ckpt / "config.json")
     no_cfg = _copy(tiny_ckpt, models_tmp / "no_config")
     (no_cfg / "config.json").unlink()
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         load_vla(no_cfg)
     no_w = _copy(tiny_ckpt, models_tmp / "no_weights")
     (no_w / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
         load_vla(no_w)
     wrong = _copy(tiny_ckpt, models_tmp / "wrong_type")
     cfg = json.loads((wrong / "config.json").read_text())

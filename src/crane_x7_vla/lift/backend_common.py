@@ -112,10 +112,10 @@ def empty_images(n: int) -> NDArray[np.uint8]:
 
 def make_observation(
     rgb: NDArray[np.uint8],
-    qpos: F64,
-    qvel: F64,
+    qpos: NDArray[np.floating[Any]],
+    qvel: NDArray[np.floating[Any]],
     state: TaskState,
-    cube_quat: F64,
+    cube_quat: NDArray[np.floating[Any]],
 ) -> Observation:
     """Pack raw measurements into the Lift :class:`Observation` (the contract's ``extra`` keys)."""
     return Observation(

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from crane_x7_vla.lift.ik import down_rotation, solve_ik
 from crane_x7_vla.lift.tasks import PICK_PLACE, PickPlaceTask
 from crane_x7_vla.lift.types import Observation
-from crane_x7_vla.robot import GRIPPER_GRASP, GRIPPER_OPEN
+from crane_x7_vla.robot import GRIPPER_GRASP, GRIPPER_OPEN, gripper_pose
 
 F64 = NDArray[np.float64]
 
@@ -125,8 +125,6 @@ class ScriptedExpert:
             self.waypoint[fresh] = tcp[fresh]
             self.q_cmd[fresh] = qpos[fresh, :7]
             # Start from the heading the fingers have now (gripper x axis projected on the table).
-            from crane_x7_vla.robot import gripper_pose
-
             x_axis = gripper_pose(qpos[fresh])[:, :3, 0]
             now = np.arctan2(x_axis[:, 1], x_axis[:, 0])
             self.heading[fresh] = grasp_heading(np.asarray(obs.extra["cube_quat"], dtype=np.float64)[fresh], now)
@@ -150,8 +148,8 @@ class ScriptedExpert:
         near = np.linalg.norm(tcp - target, axis=-1) < c.tolerance
         wp_done = np.linalg.norm(self.waypoint - target, axis=-1) < 1e-3
         self.ticks += 1
-        for i, ph in enumerate(self.phase):
-            nxt = ph
+        for i, ph in enumerate(self.phase.tolist()):
+            nxt: int = ph
             if ph in (Phase.APPROACH, Phase.DESCEND, Phase.LIFT, Phase.CARRY, Phase.PLACE) and near[i] and wp_done[i]:
                 nxt = ph + 1
             elif ph == Phase.GRASP and self.ticks[i] >= c.grasp_ticks:

@@ -22,7 +22,19 @@ _EXPORTS = {
     "ActionTokenizer": "crane_x7_vla.models.action_tokenizer",
     "ActionStats": "crane_x7_vla.models.normalization",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ActionStats",
+    "ActionTokenizer",
+    "ModelInputs",
+    "OpenVLA",
+    "OpenVLAConfig",
+    "SampleOutput",
+    "ViTConfig",
+    "load_vla",
+    "make_tiny_checkpoint",
+    "resolve_checkpoint",
+    "save_pretrained",
+]
 
 if TYPE_CHECKING:
     from crane_x7_vla.models.action_tokenizer import ActionTokenizer

@@ -234,8 +234,8 @@ def inject_lora(model: nn.Module, lora: dict[str, tuple[Tensor, Tensor]], cfg: d
     inject_adapter_in_model(lcfg, model)
     with torch.no_grad():
         for name, (a, b) in lora.items():
-            layer = model.get_submodule(name)
-            la, lb = layer.lora_A["default"], layer.lora_B["default"]  # type: ignore[index]
+            layer: Any = model.get_submodule(name)
+            la, lb = layer.lora_A["default"], layer.lora_B["default"]
             la.weight.copy_(a.to(la.weight))
             lb.weight.copy_(b.to(lb.weight))
 

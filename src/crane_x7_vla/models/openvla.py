@@ -106,10 +106,16 @@ class OpenVLA(nn.Module):
         if len(images) == 0:
             raise ValueError("empty batch: pass at least one image and instruction")
         pixel_values = torch.stack([self.image_transform(im) for im in images])  # [B,3T,H,W]
+        input_ids, attention_mask = self.prepare_text(instructions)
+        return ModelInputs(pixel_values, input_ids, attention_mask).to(self.device)
+
+    def prepare_text(self, instructions: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Instructions -> left-padded (input_ids [B,L], attention_mask [B,L]) on the CPU."""
+        if self.tokenizer is None:
+            raise RuntimeError("this OpenVLA has no tokenizer; load it with load_vla(path)")
         underline = underline_token_id(self.tokenizer)
         ids = [prompt_token_ids(self.tokenizer, build_prompt(t, self.prompt_style), underline) for t in instructions]
-        input_ids, attention_mask = left_pad(ids, self.config.pad_token_id)
-        return ModelInputs(pixel_values, input_ids, attention_mask).to(self.device)
+        return left_pad(ids, self.config.pad_token_id)
 
     # ---------------------------------------------------------------- forward pieces
     def embed_multimodal(self, inputs: ModelInputs) -> tuple[Tensor, Tensor, Tensor]:

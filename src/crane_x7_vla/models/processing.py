@@ -95,7 +95,7 @@ def _resize(img: Image.Image, size: int, strategy: str, fill: tuple[int, int, in
         else:
             new_w, new_h = int(size * w / h), size
         img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+        left, top = round((new_w - size) / 2.0), round((new_h - size) / 2.0)
         return img.crop((left, top, left + size, top + size))
     return img.resize((size, size), Image.Resampling.BICUBIC)
 
@@ -110,11 +110,15 @@ class ImageTransform:
     def __call__(self, image: ImageLike) -> Tensor:
         img = to_pil_rgb(image)
         chans = []
+        resized: dict[tuple[int, tuple[int, int, int]], np.ndarray] = {}  # fused towers share one resize
         for t in self.towers:
-            fill = tuple(int(255 * m) for m in t.mean)
-            arr = np.asarray(_resize(img, t.image_size, self.strategy, fill), dtype=np.float32) / 255.0  # [H,W,3]
-            arr = (arr - np.asarray(t.mean, np.float32)) / np.asarray(t.std, np.float32)
-            chans.append(arr.transpose(2, 0, 1))  # [3,H,W]
+            fill = (int(255 * t.mean[0]), int(255 * t.mean[1]), int(255 * t.mean[2]))
+            key = (t.image_size, fill if self.strategy == "letterbox" else (0, 0, 0))
+            if key not in resized:
+                resized[key] = np.asarray(_resize(img, t.image_size, self.strategy, fill), dtype=np.float32)
+            pixels = resized[key]  # [H,W,3]
+            arr = (pixels / 255.0 - np.asarray(t.mean, np.float32)) / np.asarray(t.std, np.float32)
+            chans.append(arr.astype(np.float32).transpose(2, 0, 1))  # [3,H,W]
         return torch.from_numpy(np.concatenate(chans, axis=0))
 
 

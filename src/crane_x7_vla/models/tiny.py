@@ -19,7 +19,13 @@ import numpy as np
 import torch
 
 from crane_x7_vla.models.config import DINO_MEAN, DINO_STD, SIGLIP_MEAN, SIGLIP_STD, OpenVLAConfig, ViTConfig
-from crane_x7_vla.models.loading import ADAPTER_CONFIG, ADAPTER_WEIGHTS, STATS_NAME, _write_json, save_pretrained
+from crane_x7_vla.models.loading import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    STATS_NAME,
+    _write_json,
+    save_pretrained,
+)
 from crane_x7_vla.models.openvla import OpenVLA
 from crane_x7_vla.robot import ACTION_LOWER, ACTION_UPPER
 from crane_x7_vla.utils.atomic import atomic_directory

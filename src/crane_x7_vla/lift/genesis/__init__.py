@@ -16,6 +16,6 @@ if importlib.util.find_spec("genesis") is None:
         "the 'genesis' simulator needs genesis-world: pip install 'crane-x7-vla[genesis]' (or scripts/install.sh genesis)"
     )
 
-from crane_x7_vla.lift.genesis.simulator import GenesisSimulator  # noqa: E402
+from crane_x7_vla.lift.genesis.simulator import GenesisSimulator
 
 __all__ = ["GenesisSimulator"]

@@ -212,7 +212,7 @@ class GenesisSimulator(Simulator):
         if scene is not None:
             try:
                 scene.destroy()
-            except Exception as exc:  # noqa: BLE001 - best effort: Genesis versions differ in teardown support
+            except Exception as exc:  # best effort: Genesis versions differ in teardown support
                 log.debug("genesis scene destroy failed: %s", exc)
             self.scene = None
 

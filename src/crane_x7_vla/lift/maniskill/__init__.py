@@ -16,6 +16,6 @@ if importlib.util.find_spec("mani_skill") is None or importlib.util.find_spec("s
         "(or scripts/install.sh maniskill, which also installs the Vulkan driver it renders with)"
     )
 
-from crane_x7_vla.lift.maniskill.simulator import ManiSkillSimulator, TorchStepResult  # noqa: E402
+from crane_x7_vla.lift.maniskill.simulator import ManiSkillSimulator, TorchStepResult
 
 __all__ = ["ManiSkillSimulator", "TorchStepResult"]

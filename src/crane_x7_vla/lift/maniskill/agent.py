@@ -9,7 +9,7 @@ backend matches the MuJoCo reference instead of being tuned on its own.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import sapien
@@ -49,7 +49,7 @@ class CraneX7(BaseAgent):
     uid = AGENT_UID
     urdf_path = None  # set in __init__ (generated file)
     # Finger links carry the rubber pads: their friction is the pad's (per-link material in SAPIEN).
-    urdf_config: dict[str, Any] = dict(
+    urdf_config: ClassVar[dict[str, Any]] = dict(
         _materials=dict(
             finger=dict(
                 static_friction=robot_model.FINGER_PAD_FRICTION,
@@ -61,9 +61,9 @@ class CraneX7(BaseAgent):
     )
     # The primitive envelopes of neighbouring links overlap (as in MuJoCo, where robot-robot contacts are off).
     disable_self_collisions = True
-    keyframes = dict(rest=Keyframe(qpos=rest_qpos9(), pose=sapien.Pose()))
-    arm_joint_names = list(ARM_JOINT_NAMES)
-    gripper_joint_names = list(GRIPPER_JOINT_NAMES)
+    keyframes: ClassVar[dict[str, Keyframe]] = dict(rest=Keyframe(qpos=rest_qpos9(), pose=sapien.Pose()))
+    arm_joint_names: ClassVar[list[str]] = list(ARM_JOINT_NAMES)
+    gripper_joint_names: ClassVar[list[str]] = list(GRIPPER_JOINT_NAMES)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.urdf_path = str(urdf_file())

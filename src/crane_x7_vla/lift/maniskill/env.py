@@ -10,7 +10,7 @@ shared task math (cheap next to physics and rendering, and it keeps one definiti
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import sapien
@@ -47,7 +47,7 @@ def _camera_config(uid: str, spec: CameraSpec, size: tuple[int, int], mount: Any
 class PickPlaceCraneX7Env(BaseEnv):
     """Pick the red cube and put it on the green disc. ``agent`` is the CRANE-X7 (:class:`CraneX7`)."""
 
-    SUPPORTED_ROBOTS = [AGENT_UID]
+    SUPPORTED_ROBOTS: ClassVar[list[str]] = [AGENT_UID]
     SUPPORTED_REWARD_MODES = ("dense", "normalized_dense", "sparse", "none")
     agent: CraneX7
 
@@ -68,7 +68,7 @@ class PickPlaceCraneX7Env(BaseEnv):
             raise ValueError(f"camera must be one of {sorted(CAMERA_UIDS)}, got {camera!r}")
         self.camera = camera
         self.image_size = image_size
-        self._lift_control_freq = int(round(control_freq))
+        self._lift_control_freq = round(control_freq)
         super().__init__(*args, robot_uids=robot_uids, **kwargs)
 
     # ------------------------------------------------------------------ configuration

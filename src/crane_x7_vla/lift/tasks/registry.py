@@ -7,8 +7,11 @@ from typing import Protocol, TypeVar
 
 
 class Task(Protocol):
-    env_id: str
-    instruction: str
+    @property
+    def env_id(self) -> str: ...
+
+    @property
+    def instruction(self) -> str: ...
 
 
 T = TypeVar("T", bound=Task)
