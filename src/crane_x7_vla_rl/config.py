@@ -98,6 +98,7 @@ class TrainConfig(_Frozen):
     save_interval: int = Field(default=100, ge=1)  # updates between checkpoint_<N> snapshots
     num_eval_episodes: int = Field(default=10, ge=1)  # episodes per evaluation
     eval_seed: int = 10_000  # added: first seed of the fixed evaluation episodes
+    stop_success_rate: float | None = Field(default=None, gt=0.0, le=1.0)  # added: stop once eval reaches it
     eval_temperature: float = Field(default=0.0, ge=0.0)  # added: 0 = greedy actions when evaluating
     save_eval_videos: bool = True  # added: mp4 per eval episode, named by outcome
     max_eval_videos: int = Field(default=4, ge=0)  # added: at most this many videos per evaluation

@@ -7,8 +7,8 @@ resumed run replays exactly the same episodes without saving simulator state. An
 the buffer. V(s_{t+1}) comes for free from the next step's forward; only envs still running at the horizon
 need one extra value call for their final observation (truncation bootstrap).
 
-A simulator may give each env its own instruction through ``reset()``'s ``info["instruction"]`` (a string or
-a sequence of N strings); otherwise every env gets the configured instruction.
+A simulator may give each env its own instruction through ``reset()``'s ``info["instruction"]`` (a sequence
+of N strings); otherwise every env gets the configured instruction.
 """
 
 from __future__ import annotations
@@ -44,9 +44,11 @@ class EpisodeResult:
 
 
 def env_instructions(info: dict[str, Any], num_envs: int, default: str) -> list[str]:
+    """Per-env instructions from the simulator (a sequence of N strings) win; otherwise the configured one.
+
+    A single task-level string from the simulator is ignored: the user's ``--instruction`` is the prompt.
+    """
     value = info.get("instruction")
-    if isinstance(value, str) and value:
-        return [value] * num_envs
     if value is not None and not isinstance(value, str | bytes):
         items = [str(v) for v in value]
         if len(items) != num_envs:
@@ -78,12 +80,11 @@ class RolloutCollector:
         else:
             # Env i is seeded with (seed + i), so resetting env i alone with (s_g - i) gives it s_g: every
             # member of group g starts from the same state.
-            info = {}
+            info: dict[str, Any] = {}
             for i in range(n):
                 s_g = seed + i // self.group_size
-                _, info_i = self.sim.reset(seed=s_g - i, env_idx=np.array([i], dtype=np.int64))
-                if i == 0:
-                    info = info_i
+                # The last reset's info describes every env (all are reset by then).
+                _, info = self.sim.reset(seed=s_g - i, env_idx=np.array([i], dtype=np.int64))
             obs = self.sim.get_observation()
         return obs, env_instructions(info, n, self.instruction)
 

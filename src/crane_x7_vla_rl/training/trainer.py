@@ -300,9 +300,20 @@ class Trainer:
                     desc = (f"success {metrics['charts/success_rate']:.2f} "
                             f"return {metrics['charts/episode_return']:.2f} kl {upd['losses/approx_kl']:.4f}")
                     progress.update(task, advance=1, description=desc)
-                    if self.state.update % c.log_interval == 0 or self.state.update == c.num_updates:
+                    stop = (c.stop_success_rate is not None and "eval/success_rate" in metrics
+                            and metrics["eval/success_rate"] >= c.stop_success_rate)
+                    if stop and not (numbered or is_best or self.state.update == c.num_updates):
+                        ckpt.save_checkpoint(self.run_dir, policy=self.policy, optimizer=self.optimizer,
+                                             scheduler=self.scheduler, config=c, state=self.state,
+                                             dataset_statistics=dict(getattr(self.policy.vla, "norm_stats", {})),
+                                             numbered=False, best=False)
+                    if self.state.update % c.log_interval == 0 or self.state.update == c.num_updates or stop:
                         log.info("update %d/%d %s sps %.1f", self.state.update, c.num_updates, desc,
                                  metrics["charts/SPS"])
+                    if stop:
+                        log.info("eval success %.2f >= stop_success_rate %.2f: stopping",
+                                 metrics["eval/success_rate"], c.stop_success_rate)
+                        break
         finally:
             self.logger.close()
             self.sim.close()
