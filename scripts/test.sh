@@ -4,7 +4,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-"$repo/scripts/install.sh" "${CRANE_X7_TEST_EXTRAS:-model,mujoco,train,dev}"
+"$repo/scripts/install.sh" "${CRANE_X7_TEST_EXTRAS:-model,mujoco,maniskill,genesis,train,dev}"
 venv="${CRANE_X7_VENV:-$repo/.venv}"
 [ "$venv" = system ] && bin="" || bin="$venv/bin/"
 export MUJOCO_GL="${MUJOCO_GL:-egl}" PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"

@@ -7,9 +7,10 @@ The eager path (:mod:`.generate`) is launch-bound on a GPU: ~7 transformers forw
 single CUDA graph and then replayed with one launch. Batches are padded up to a power of two and prompts are
 left-padded to a multiple of ``text_bucket`` tokens, so a handful of graphs covers every request.
 
-Only the attention over the static cache is written here; everything else calls the model's own modules
-(transformers' ``LlamaRMSNorm``, ``LlamaMLP``, projections, rotary embedding and ``apply_rotary_pos_emb``), so a
-LoRA-merged or fine-tuned checkpoint runs unchanged. On CPU (or with ``use_cuda_graphs=False``) the same static
+The decoder layer is written functionally over the model's own weight tensors (q/k/v and gate/up are stacked
+once and the modules' weights become views, so no memory is added); its math is transformers' Llama layer
+(float32 RMSNorm, rotate-half RoPE from the model's own rotary embedding, SiLU MLP). The vision towers,
+projector, embeddings, final norm and LM head are the model's own modules. On CPU (or with ``use_cuda_graphs=False``) the same static
 function runs eagerly, which is how CI checks that it reproduces :func:`.generate.predict_action`.
 """
 
@@ -17,14 +18,14 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from crane_x7_vla.models.openvla import OpenVLA
 from crane_x7_vla.models.processing import ImageLike, ModelInputs, _resize, to_pil_rgb
@@ -103,7 +104,6 @@ class OpenVLAEngine:
         max_batch: int = 32,
         text_bucket: int = 16,
         use_cuda_graphs: bool | None = None,
-        fuse_weights: bool = True,
         compile_decode: bool = True,
     ) -> None:
         self.model = model.eval()
@@ -115,32 +115,32 @@ class OpenVLAEngine:
             raise ValueError("use_cuda_graphs=True needs the model on a CUDA device")
         lm = model.language_model.model
         cfg = model.language_model.config
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.layers = list(lm.layers)
-        self.fused = self._fuse_weights() if fuse_weights else None
-        self._decode_layer = _layer_forward
-        if compile_decode and self.fused is not None and self.device.type == "cuda":
+        self.num_heads: int = cfg.num_attention_heads
+        self.num_kv_heads: int = cfg.num_key_value_heads or cfg.num_attention_heads
+        self.head_dim: int = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.layers: list[Any] = list(lm.layers)
+        self.fused = self._fuse_weights()
+        self._decode_layer: Callable[..., Tensor] = _layer_forward
+        if compile_decode and self.device.type == "cuda":
             # Inductor fuses the decode step's ~30 small elementwise kernels per layer (RMSNorm, RoPE, SiLU,
             # residuals) into a few; the compiled kernels are then captured in the CUDA graph like any other.
             self._decode_layer = torch.compile(_layer_forward, dynamic=False, fullgraph=True)
         self.num_patches = model.config.vision_towers[0].num_patches
         self._graphs: dict[tuple[int, int, int], _Graph] = {}
         self._caches: dict[tuple[int, int], tuple[list[Tensor], list[Tensor]]] = {}
-        self._pool: tuple[int, int] | None = None
+        self._pool: Any = None
         self._lock = threading.Lock()
 
-    def _fuse_weights(self) -> list[_LayerWeights] | None:
+    def _fuse_weights(self) -> list[_LayerWeights]:
         """Stack q/k/v and gate/up weights so each is one GEMM; the modules keep views (no extra memory)."""
         out = []
         for layer in self.layers:
             at, mlp = layer.self_attn, layer.mlp
             lins = [at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-            if any(lin.bias is not None for lin in lins) or any(
-                type(lin) is not torch.nn.Linear for lin in lins
-            ):
-                return None  # biases or adapters: use the module path
+            if any(type(lin) is not torch.nn.Linear for lin in lins):
+                raise ValueError("the engine needs plain (merged) weights; load the model with merge_lora=True")
+            if any(lin.bias is not None for lin in lins):
+                raise ValueError("the engine supports bias-free Llama layers only; use model.predict_action")
             with torch.no_grad():
                 qkv = torch.cat([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight])
                 gu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
@@ -290,36 +290,14 @@ class OpenVLAEngine:
         g.positions.copy_(positions)
 
     # ------------------------------------------------------------------ the static computation
-    def _attention(self, layer: torch.nn.Module, h: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor,
-                   v_cache: Tensor, start: int, mask: Tensor) -> Tensor:
-        """Self-attention of ``h`` [B,S,H] written into the cache at [start, start+S); ``mask`` [B,1,S,Tmax]."""
-        attn = layer.self_attn  # type: ignore[attr-defined]
-        b, s, _ = h.shape
-        q = attn.q_proj(h).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        k_cache[:, :, start : start + s] = k
-        v_cache[:, :, start : start + s] = v
-        out = F.scaled_dot_product_attention(
-            q, k_cache, v_cache, attn_mask=mask, enable_gqa=self.num_kv_heads != self.num_heads
-        )  # [B,nH,S,hd]
-        return attn.o_proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))  # type: ignore[no-any-return]
-
     def _trunk(self, x: Tensor, positions: Tensor, start: int, mask: Tensor, kv: tuple[list[Tensor], list[Tensor]]) -> Tensor:
         lm = self.model.language_model.model
         cos, sin = lm.rotary_emb(x, positions)
-        if self.fused is not None:
-            s = x.shape[1]
-            idx = torch.arange(start, start + s, device=x.device)
-            fn = self._decode_layer if s == 1 else _layer_forward
-            for i, w in enumerate(self.fused):
-                x = fn(x, cos, sin, w, kv[0][i], kv[1][i], idx, mask, self.num_heads, self.num_kv_heads,
-                       self.head_dim)
-            return lm.norm(x)  # type: ignore[no-any-return]
-        for i, layer in enumerate(self.layers):
-            x = x + self._attention(layer, layer.input_layernorm(x), cos, sin, kv[0][i], kv[1][i], start, mask)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        s = x.shape[1]
+        idx = torch.arange(start, start + s, device=x.device)
+        fn = self._decode_layer if s == 1 else _layer_forward
+        for i, w in enumerate(self.fused):
+            x = fn(x, cos, sin, w, kv[0][i], kv[1][i], idx, mask, self.num_heads, self.num_kv_heads, self.head_dim)
         return lm.norm(x)  # type: ignore[no-any-return]
 
     def _run(self, g: _Graph, d: int) -> None:

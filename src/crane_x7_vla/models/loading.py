@@ -48,8 +48,13 @@ def _looks_like_hub_id(s: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", s)) and not s.startswith((".", "~"))
 
 
-def resolve_checkpoint(path_or_hub_id: str | os.PathLike[str], hf_token: str | None = None) -> Path:
-    """A local directory as is, or a Hub repo downloaded (or found in the cache) -> local directory."""
+def resolve_checkpoint(
+    path_or_hub_id: str | os.PathLike[str], hf_token: str | None = None, patterns: list[str] | None = None
+) -> Path:
+    """A local directory as is, or a Hub repo downloaded (or found in the cache) -> local directory.
+
+    ``patterns``: the files to fetch from the Hub (default: an OpenVLA HF checkpoint's).
+    """
     s = os.fspath(path_or_hub_id)
     p = Path(s).expanduser()
     if p.exists():
@@ -71,7 +76,7 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike[str], hf_token: str | N
     token = hf_token or os.environ.get("HF_TOKEN") or None
     try:
         return Path(
-            snapshot_download(s, token=token, allow_patterns=_HUB_PATTERNS, local_files_only=offline)  # type: ignore[arg-type]
+            snapshot_download(s, token=token, allow_patterns=patterns or _HUB_PATTERNS, local_files_only=offline)  # type: ignore[arg-type]
         )
     except GatedRepoError as e:
         raise PermissionError(
@@ -275,9 +280,13 @@ def load_vla(
     unnorm_key: str | None = None,
     hf_token: str | None = None,
     merge_lora: bool = True,
-) -> OpenVLA:
-    """Load an OpenVLA checkpoint (local / Hub / LoRA adapter) ready for inference (``eval()`` mode).
+    vq_path: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Load a VLA checkpoint (local / Hub / LoRA adapter) ready for inference (``eval()`` mode).
 
+    The family is detected from the checkpoint: the OpenVLA HF layout -> :class:`OpenVLA`; a Prismatic run
+    directory (``config.json`` with a ``"vla"`` block) -> :class:`~crane_x7_vla.models.minivla.MiniVLA`
+    (``vq_path``: its VQ weights, see :func:`~crane_x7_vla.models.minivla_loading.load_minivla`).
     ``dtype`` defaults to bf16 on CUDA and fp32 elsewhere. ``unnorm_key``: the dataset whose action stats
     unnormalise predictions; required when the checkpoint has stats for several datasets.
     """
@@ -286,6 +295,11 @@ def load_vla(
     ckpt = resolve_checkpoint(path_or_hub_id, hf_token)
     adapter_dir = _find_adapter(ckpt)
     base = _resolve_base(adapter_dir, ckpt, hf_token) if adapter_dir is not None else ckpt
+    from crane_x7_vla.models.minivla_loading import is_prismatic_checkpoint
+
+    if is_prismatic_checkpoint(base):
+        return _load_minivla(path_or_hub_id, ckpt, adapter_dir, base, dev, dtype, unnorm_key, hf_token,
+                             merge_lora, vq_path)
     config = OpenVLAConfig.from_file(base / CONFIG_NAME)
     stat_dirs = list(dict.fromkeys(d for d in (base, adapter_dir, ckpt) if d is not None))
     norm_stats = _load_stats(stat_dirs, config.norm_stats)
@@ -294,13 +308,38 @@ def load_vla(
     model = build_on_meta(config, tokenizer=tokenizer, norm_stats=norm_stats, unnorm_key=key)
     _load_weights(model, read_state_dict(_weight_files(base), dev, dtype), dev)
     if adapter_dir is not None:
-        lora, scale, acfg = read_lora(adapter_dir)
-        if merge_lora:
-            merge_lora_weights(model, lora, scale)
-        else:
-            inject_lora(model, lora, acfg)
-            model.to(dev)
+        _apply_adapter(model, adapter_dir, merge_lora, dev)
     log.info("loaded OpenVLA from %s (unnorm_key=%s, action_dim=%d, %s)", ckpt, key, model.action_dim, dtype)
+    return model.eval()
+
+
+def _apply_adapter(model: nn.Module, adapter_dir: Path, merge_lora: bool, dev: torch.device) -> None:
+    lora, scale, acfg = read_lora(adapter_dir)
+    if merge_lora:
+        merge_lora_weights(model, lora, scale)
+    else:
+        inject_lora(model, lora, acfg)
+        model.to(dev)
+
+
+def _load_minivla(
+    source: str | os.PathLike[str], ckpt: Path, adapter_dir: Path | None, base: Path, dev: torch.device,
+    dtype: torch.dtype, unnorm_key: str | None, hf_token: str | None, merge_lora: bool,
+    vq_path: str | os.PathLike[str] | None,
+) -> Any:
+    """The Prismatic (MiniVLA) branch of :func:`load_vla`; LoRA adapters are applied as for OpenVLA."""
+    from crane_x7_vla.models.minivla_loading import CKPT_DIR, load_minivla
+
+    base_source: str | os.PathLike[str] = base
+    if not (base / CKPT_DIR).is_dir():
+        # A Hub snapshot fetched with the OpenVLA patterns lacks checkpoints/: fetch the Prismatic files.
+        base_source = source if adapter_dir is None else _read_json(adapter_dir / ADAPTER_CONFIG).get(
+            "base_model_name_or_path", base)
+    extra = [d for d in (adapter_dir, ckpt) if d is not None and d != base]
+    model = load_minivla(base_source, device=dev, dtype=dtype, unnorm_key=unnorm_key, hf_token=hf_token,
+                         vq_path=vq_path, extra_stat_dirs=extra)
+    if adapter_dir is not None:
+        _apply_adapter(model, adapter_dir, merge_lora, dev)
     return model.eval()
 
 
@@ -358,7 +397,7 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def save_pretrained(model: OpenVLA, out_dir: str | os.PathLike[str], *, max_shard_size: int | str = "5GB") -> Path:
+def save_pretrained(model: Any, out_dir: str | os.PathLike[str], *, max_shard_size: int | str = "5GB") -> Path:
     """Write ``model`` in the published layout, atomically (the directory appears complete or not at all).
 
     Files: config.json, model.safetensors (or shards + index when larger than ``max_shard_size``), tokenizer
@@ -367,6 +406,12 @@ def save_pretrained(model: OpenVLA, out_dir: str | os.PathLike[str], *, max_shar
     from huggingface_hub import split_torch_state_dict_into_shards
     from safetensors.torch import save_file
 
+    from crane_x7_vla.models.minivla import MiniVLA
+
+    if isinstance(model, MiniVLA):  # the Prismatic layout it was published in
+        from crane_x7_vla.models.minivla_loading import save_minivla
+
+        return save_minivla(model, out_dir)
     out = Path(out_dir)
     state = merged_state_dict(model)
     dtype = next(iter(state.values())).dtype

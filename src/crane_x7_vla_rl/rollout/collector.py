@@ -75,12 +75,12 @@ class RolloutCollector:
     def reset(self, seed: int) -> tuple[Any, list[str]]:
         """Reset every env; env i gets seed ``seed + i`` (GRPO: ``seed + i // group_size``, shared per group)."""
         n = self.sim.num_envs
+        info: dict[str, Any] = {}
         if self.group_size <= 1:
             obs, info = self.sim.reset(seed=seed)
         else:
             # Env i is seeded with (seed + i), so resetting env i alone with (s_g - i) gives it s_g: every
             # member of group g starts from the same state.
-            info: dict[str, Any] = {}
             for i in range(n):
                 s_g = seed + i // self.group_size
                 # The last reset's info describes every env (all are reset by then).

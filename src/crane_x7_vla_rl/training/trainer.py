@@ -57,7 +57,14 @@ def build_policy(config: TrainConfig, device: torch.device) -> VLAActorCritic:
                    hf_token=hf_token(), merge_lora=True)
     return VLAActorCritic(vla, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
                           lora_dropout=config.lora_dropout, value_head_hidden=config.value_head_hidden,
-                          base_source=config.checkpoint_source)
+                          base_source=_absolute_if_local(config.checkpoint_source))
+
+
+def _absolute_if_local(source: str) -> str:
+    # adapter_config.json's base_model_name_or_path must still resolve when the checkpoint is moved or
+    # loaded from another working directory; Hub ids stay as they are.
+    p = Path(source).expanduser()
+    return str(p.resolve()) if p.exists() else source
 
 
 def make_simulator(config: TrainConfig, num_envs: int | None = None) -> Simulator:

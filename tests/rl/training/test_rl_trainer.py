@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rl_bandit_sim
 import torch
 from safetensors.torch import load_file
 
-import rl_bandit_sim  # noqa: F401  (registers the "rl-test-bandit" simulator)
 from crane_x7_vla_rl.config import TrainConfig, validate
 from crane_x7_vla_rl.training.trainer import Trainer
 
