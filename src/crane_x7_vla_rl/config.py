@@ -74,6 +74,13 @@ class PPOConfig(_Frozen):
     lr_schedule: Literal["constant", "linear"] = "constant"  # added: linear decays to 0 over num_updates
 
 
+class DistributedConfig(_Frozen):
+    """Added: multi-process training under ``torchrun`` / ``accelerate launch`` (ignored in a single process)."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: replicate, sync LoRA + value-head grads; fsdp: shard (CUDA only)
+    timeout_minutes: float = Field(default=60.0, gt=0.0)  # collective timeout (ranks wait while rank 0 evaluates)
+
+
 class TrainConfig(_Frozen):
     experiment_name: str = "crane_x7_vla_rl"  # run name: <output_dir>/<experiment_name>/
     output_dir: str = "outputs"  # added: output root (--output-dir)
@@ -106,6 +113,7 @@ class TrainConfig(_Frozen):
     render: bool = False  # added: live visualisation (--render)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)  # added: torchrun
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

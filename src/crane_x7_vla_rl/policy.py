@@ -10,12 +10,17 @@ Design (as RL4VLA / RLinf, which are known to learn):
   (the published OpenVLA recipe) and saved in PEFT's adapter format (``adapter_config.json`` +
   ``adapter_model.safetensors`` with ``base_model.model.`` keys), so the inference runtime can load a
   checkpoint as an ordinary LoRA adapter directory.
+- activation checkpointing of the LLM is opt-in (``gradient_checkpointing=True``): transformers' own
+  ``gradient_checkpointing_enable`` with ``use_reentrant=False`` (works with frozen inputs and LoRA), traded
+  for one extra LLM forward per update; acting and value calls (no grad) never checkpoint, so their KV cache
+  is never dropped. ``crane_x7_vla_rl.memory`` quantifies the saving.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +79,8 @@ class VLAActorCritic(nn.Module):
     """Wraps a loaded runtime VLA (``crane_x7_vla.models``); only LoRA and the value head are trainable."""
 
     def __init__(self, vla: nn.Module, *, lora_rank: int, lora_alpha: int, lora_dropout: float = 0.0,
-                 value_head_hidden: int = 512, base_source: str = "") -> None:
+                 value_head_hidden: int = 512, base_source: str = "",
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
         from peft import LoraConfig, inject_adapter_in_model
 
@@ -91,6 +97,37 @@ class VLAActorCritic(nn.Module):
         ref = next(vla.parameters())
         self.value_head = ValueHead(hidden, value_head_hidden).to(ref.device)
         self.action_dim = int(getattr(vla, "action_dim", 0) or 0)
+        self.gradient_checkpointing = False
+        if gradient_checkpointing:
+            self.set_gradient_checkpointing(True)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute the LLM's decoder layers in backward (saves ~90% of its activations; vision towers unchanged)."""
+        llm = getattr(self.vla, "language_model", None)
+        if llm is None or not hasattr(llm, "gradient_checkpointing_enable"):
+            raise ValueError("gradient_checkpointing needs a VLA whose `language_model` is a transformers "
+                             f"PreTrainedModel; {type(self.vla).__name__} has none: leave it off")
+        # transformers >= 5.2x renamed the API to activation_checkpointing_*; older 5.x only has gradient_*.
+        if enabled and hasattr(llm, "activation_checkpointing_enable"):
+            llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif enabled:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            (getattr(llm, "activation_checkpointing_disable", None) or llm.gradient_checkpointing_disable)()
+        self.gradient_checkpointing = enabled
+
+    @contextmanager
+    def _no_checkpointing(self) -> Iterator[None]:
+        # Some transformers releases drop the KV cache of a checkpointing layer in training mode even without
+        # grad; sampling needs the cache, and checkpointing is pointless without a backward pass.
+        layers = [m for m in self.vla.modules() if getattr(m, "gradient_checkpointing", False) is True]
+        for m in layers:
+            m.gradient_checkpointing = False
+        try:
+            yield
+        finally:
+            for m in layers:
+                m.gradient_checkpointing = True
 
     # --- acting / evaluating -----------------------------------------------------------------------------
     def prepare(self, images: Sequence[np.ndarray] | np.ndarray, instructions: Sequence[str]) -> Any:
@@ -101,7 +138,8 @@ class VLAActorCritic(nn.Module):
     def act(self, images: Sequence[np.ndarray] | np.ndarray, instructions: Sequence[str], temperature: float,
             generator: torch.Generator | None = None) -> ActOutput:
         inputs = self.prepare(images, instructions)
-        out = self.vla.sample_action_tokens(inputs, temperature, generator=generator)  # type: ignore[operator]
+        with self._no_checkpointing():
+            out = self.vla.sample_action_tokens(inputs, temperature, generator=generator)  # type: ignore[operator]
         return ActOutput(tokens=out.tokens, log_prob=out.log_probs.float().sum(-1),
                          entropy=out.entropy.float().sum(-1), value=self.value_head(out.hidden))
 
@@ -109,8 +147,9 @@ class VLAActorCritic(nn.Module):
     def value(self, images: Sequence[np.ndarray] | np.ndarray, instructions: Sequence[str]) -> torch.Tensor:
         """V(s) [N] from one prefill (no action tokens are generated)."""
         inputs = self.prepare(images, instructions)
-        embeds, mask, pos = self.vla.embed_multimodal(inputs)  # type: ignore[operator]
-        hidden = self.vla.llm_hidden(embeds, mask, pos)[:, -1]  # type: ignore[operator]  # [N, H]
+        with self._no_checkpointing():
+            embeds, mask, pos = self.vla.embed_multimodal(inputs)  # type: ignore[operator]
+            hidden = self.vla.llm_hidden(embeds, mask, pos)[:, -1]  # type: ignore[operator]  # [N, H]
         return self.value_head(hidden)
 
     def evaluate_actions(self, images: Sequence[np.ndarray] | np.ndarray, instructions: Sequence[str],

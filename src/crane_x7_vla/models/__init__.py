@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "OpenVLA": "crane_x7_vla.models.openvla",
+    "MiniVLA": "crane_x7_vla.models.minivla",
+    "MiniVLAConfig": "crane_x7_vla.models.minivla_config",
+    "load_minivla": "crane_x7_vla.models.minivla_loading",
+    "make_tiny_minivla_checkpoint": "crane_x7_vla.models.minivla_tiny",
     "OpenVLAConfig": "crane_x7_vla.models.config",
     "ViTConfig": "crane_x7_vla.models.config",
     "ModelInputs": "crane_x7_vla.models.processing",
@@ -25,13 +29,17 @@ _EXPORTS = {
 __all__ = [
     "ActionStats",
     "ActionTokenizer",
+    "MiniVLA",
+    "MiniVLAConfig",
     "ModelInputs",
     "OpenVLA",
     "OpenVLAConfig",
     "SampleOutput",
     "ViTConfig",
+    "load_minivla",
     "load_vla",
     "make_tiny_checkpoint",
+    "make_tiny_minivla_checkpoint",
     "resolve_checkpoint",
     "save_pretrained",
 ]
@@ -41,6 +49,10 @@ if TYPE_CHECKING:
     from crane_x7_vla.models.config import OpenVLAConfig, ViTConfig
     from crane_x7_vla.models.generate import SampleOutput
     from crane_x7_vla.models.loading import load_vla, resolve_checkpoint, save_pretrained
+    from crane_x7_vla.models.minivla import MiniVLA
+    from crane_x7_vla.models.minivla_config import MiniVLAConfig
+    from crane_x7_vla.models.minivla_loading import load_minivla
+    from crane_x7_vla.models.minivla_tiny import make_tiny_minivla_checkpoint
     from crane_x7_vla.models.normalization import ActionStats
     from crane_x7_vla.models.openvla import OpenVLA
     from crane_x7_vla.models.processing import ModelInputs

@@ -23,6 +23,20 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 RESIZE_STRATEGIES = ("resize-naive", "letterbox", "resize-crop")
 
 
+def read_config_json(path: str | Path, hint: str) -> dict[str, Any]:
+    """Read a checkpoint's config.json; missing or invalid files raise errors naming the file (and ``hint``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {hint}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 @dataclass(frozen=True)
 class ViTConfig:
     """Geometry of one timm-layout ViT tower (what ``timm.create_model(id)`` would build)."""
@@ -173,13 +187,7 @@ class OpenVLAConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> OpenVLAConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: an OpenVLA checkpoint directory must contain config.json")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
+        data = read_config_json(path, "an OpenVLA checkpoint directory must contain config.json")
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,7 +1,10 @@
-"""Action generation on an :class:`~crane_x7_vla.models.openvla.OpenVLA`: greedy predict, sampling, teacher forcing.
+"""Action generation for every VLA module (OpenVLA, MiniVLA): greedy predict, sampling, teacher forcing.
 
-One prefill over ``[BOS, patches, prompt]`` (left-padded batch, contiguous per-row positions) then
-``action_dim - 1`` KV-cached single-token steps (transformers' ``DynamicCache``). Logits are computed only where
+One prefill over the model's multimodal sequence (OpenVLA ``[BOS, patches, prompt]``, MiniVLA
+``[<|im_start|>, patches, prompt]``; left-padded batch, contiguous per-row positions) then
+``num_action_tokens - 1`` KV-cached single-token steps (transformers' ``DynamicCache``). The model supplies
+``embed_multimodal``, ``llm_hidden``, ``action_tokenizer`` (first id, number of ids) and ``num_action_tokens``
+(action dims for binning tokenizers, codebooks for VQ). Logits are computed only where
 needed: the full vocabulary for the greedy ``predict_action`` (the published behaviour: a non-action argmax is
 decoded with the clip), and only the 256 action rows of ``lm_head`` for RL sampling and log-probs, which is both
 cheaper and exactly the restricted softmax (other logits masked to -inf).
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 import torch
@@ -26,7 +29,10 @@ from transformers import DynamicCache
 from crane_x7_vla.models.processing import ImageLike, ModelInputs
 
 if TYPE_CHECKING:
+    from crane_x7_vla.models.minivla import MiniVLA
     from crane_x7_vla.models.openvla import OpenVLA
+
+VLA: TypeAlias = "OpenVLA | MiniVLA"
 
 
 @dataclass
@@ -37,7 +43,7 @@ class SampleOutput:
     hidden: Tensor  # [B,H] last-layer hidden state at the position predicting the first action token
 
 
-def _action_logits(model: OpenVLA, hidden: Tensor) -> Tensor:
+def _action_logits(model: VLA, hidden: Tensor) -> Tensor:
     """hidden [..., H] -> logits over the action bins only [..., n_bins] (ascending token id)."""
     first = model.action_tokenizer.first_token_id
     w = model.language_model.lm_head.weight[first : first + model.action_tokenizer.n_bins]  # [n_bins, H]
@@ -53,12 +59,12 @@ def _tempered(logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     return logp, entropy
 
 
-def _new_cache(model: OpenVLA) -> DynamicCache:
+def _new_cache(model: VLA) -> DynamicCache:
     return DynamicCache(config=model.language_model.config)
 
 
 def _decode_loop(
-    model: OpenVLA, inputs: ModelInputs, steps: int, pick: object
+    model: VLA, inputs: ModelInputs, steps: int, pick: object
 ) -> tuple[list[Tensor], Tensor]:
     """Prefill + ``steps-1`` cached steps; ``pick(hidden [B,H]) -> token ids [B]`` chooses each token."""
     embeds, mask, pos = model.embed_multimodal(inputs)
@@ -79,26 +85,28 @@ def _decode_loop(
 
 
 @torch.inference_mode()
+def greedy_action_tokens(model: VLA, inputs: ModelInputs) -> Tensor:
+    """Greedy over the full vocabulary (as the release; a stray id decodes through the clip) -> ids [B, T]."""
+    lm_head = model.language_model.lm_head
+    tokens, _ = _decode_loop(model, inputs, model.num_action_tokens, lambda h: lm_head(h).argmax(dim=-1))
+    return torch.stack(tokens, dim=1)
+
+
+@torch.inference_mode()
 def predict_action(
     model: OpenVLA, images: Sequence[ImageLike], instructions: Sequence[str], unnorm_key: str | None = None
 ) -> np.ndarray:
-    """Greedy over the full vocabulary (as the release) -> unnormalised actions (B, D) float32."""
-    dim = model.action_stats(unnorm_key).dim
-    inputs = model.prepare_inputs(images, instructions)
-    lm_head = model.language_model.lm_head
-
-    def pick(h: Tensor) -> Tensor:
-        return lm_head(h).argmax(dim=-1)
-
-    tokens, _ = _decode_loop(model, inputs, dim, pick)
-    return model.decode_actions(torch.stack(tokens, dim=1), unnorm_key)
+    """Greedy -> unnormalised actions (B, D) float32."""
+    model.action_stats(unnorm_key)  # fail early on a bad key
+    return model.decode_actions(greedy_action_tokens(model, model.prepare_inputs(images, instructions)), unnorm_key)
 
 
 @torch.no_grad()
 def sample_action_tokens(
-    model: OpenVLA, inputs: ModelInputs, temperature: float, generator: torch.Generator | None = None
+    model: VLA, inputs: ModelInputs, temperature: float, generator: torch.Generator | None = None
 ) -> SampleOutput:
-    dim = model.action_dim
+    """Sample from the action ids only at ``temperature`` (0 = greedy; log-probs then at T = 1)."""
+    dim = model.num_action_tokens
     first = model.action_tokenizer.first_token_id
     log_probs: list[Tensor] = []
     entropies: list[Tensor] = []
@@ -120,15 +128,15 @@ def sample_action_tokens(
     )
 
 
-def action_token_log_probs(model: OpenVLA, inputs: ModelInputs, tokens: Tensor, temperature: float) -> SampleOutput:
-    """Teacher-forced log-probs of ``tokens`` [B,D] in one forward pass (differentiable)."""
+def action_token_log_probs(model: VLA, inputs: ModelInputs, tokens: Tensor, temperature: float) -> SampleOutput:
+    """Teacher-forced log-probs of ``tokens`` [B, num_action_tokens] in one forward pass (differentiable)."""
     first, n_bins = model.action_tokenizer.first_token_id, model.action_tokenizer.n_bins
-    if tokens.ndim != 2 or tokens.shape[0] != inputs.batch_size:
-        raise ValueError(f"tokens must be [B={inputs.batch_size}, D], got {tuple(tokens.shape)}")
+    d = model.num_action_tokens
+    if tokens.ndim != 2 or tuple(tokens.shape) != (inputs.batch_size, d):
+        raise ValueError(f"tokens must be [B={inputs.batch_size}, {d}], got {tuple(tokens.shape)}")
     tokens = tokens.to(inputs.input_ids.device)
     if bool(((tokens < first) | (tokens >= first + n_bins)).any()):
         raise ValueError(f"tokens must be action-token ids in [{first}, {first + n_bins}); got others")
-    d = tokens.shape[1]
     ids = torch.cat([inputs.input_ids, tokens[:, :-1]], dim=1)  # [B, L+D-1]
     am = torch.cat([inputs.attention_mask, inputs.attention_mask.new_ones(tokens.shape[0], d - 1)], dim=1)
     embeds, mask, pos = model.embed_multimodal(ModelInputs(inputs.pixel_values, ids, am))

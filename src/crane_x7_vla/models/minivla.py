@@ -7,7 +7,7 @@ Same attribute names as :class:`~crane_x7_vla.models.openvla.OpenVLA` (``vision_
 take either model. What differs is data, not code paths: a Qwen2.5 LLM (QKV bias, tied embeddings), the Qwen chat
 prompt with patches after its first token (no BOS), action ids counted from ``len(tokenizer)``, several images per
 sample, and (VQ variants) 7 residual-VQ code tokens that decode to an 8-step chunk. Prismatic key names are mapped
-in :mod:`.minivla_loading`; generation lives in :mod:`.minivla_generate`.
+in :mod:`.minivla_loading`; generation lives in :mod:`.generate` (shared with OpenVLA).
 """
 
 from __future__ import annotations
@@ -19,19 +19,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Model
 
 from crane_x7_vla.models.action_tokenizer import ActionTokenizer
+from crane_x7_vla.models.base import VLABase
 from crane_x7_vla.models.minivla_config import MiniVLAConfig
 from crane_x7_vla.models.minivla_processing import SampleImages, qwen_prompt_ids, sample_frames
-from crane_x7_vla.models.normalization import ActionStats, select_unnorm_key, unnormalize
+from crane_x7_vla.models.normalization import unnormalize
 from crane_x7_vla.models.processing import ImageTransform, ModelInputs, left_pad
 from crane_x7_vla.models.vision import VisionBackbone, make_projector
 from crane_x7_vla.models.vq import ActionVQ, VQActionTokenizer
 
 if TYPE_CHECKING:
-    from crane_x7_vla.models.generate import SampleOutput
+    pass
 
 
 def qwen2_config(text_config: dict[str, Any]) -> Qwen2Config:
@@ -69,7 +70,7 @@ def splice_patches(text: Tensor, attention_mask: Tensor, patches: Tensor) -> tup
     return embeds, mask, position_ids
 
 
-class MiniVLA(nn.Module):
+class MiniVLA(VLABase):
     def __init__(
         self,
         config: MiniVLAConfig,
@@ -104,24 +105,6 @@ class MiniVLA(nn.Module):
         self.__dict__["action_vq"] = action_vq
 
     action_vq: ActionVQ | None
-
-    # ---------------------------------------------------------------- properties
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    def action_stats(self, unnorm_key: str | None = None) -> ActionStats:
-        key = select_unnorm_key(self.norm_stats, unnorm_key or self.unnorm_key)
-        return ActionStats.from_stats(self.norm_stats[key], key)
-
-    @property
-    def action_dim(self) -> int:
-        """Dimensions of one action (from the norm stats, as OpenVLA)."""
-        return self.action_stats().dim
 
     @property
     def num_action_tokens(self) -> int:
@@ -193,12 +176,12 @@ class MiniVLA(nn.Module):
         out = self.language_model.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, **kwargs)
         return out.last_hidden_state  # type: ignore[no-any-return]
 
-    # ---------------------------------------------------------------- inference API (see minivla_generate.py)
+    # ---------------------------------------------------------------- inference API (see generate.py)
     def predict_action_chunk(
         self, images: Sequence[SampleImages], instructions: Sequence[str], unnorm_key: str | None = None
     ) -> np.ndarray:
         """Greedy -> unnormalised action chunk (B, chunk_size, action_dim) float32."""
-        from crane_x7_vla.models.minivla_generate import predict_action_tokens
+        from crane_x7_vla.models.generate import greedy_action_tokens as predict_action_tokens
 
         tokens = predict_action_tokens(self, self.prepare_inputs(images, instructions))
         return self.decode_action_chunk(tokens, unnorm_key)
@@ -208,18 +191,6 @@ class MiniVLA(nn.Module):
     ) -> np.ndarray:
         """(B, action_dim): the first step of the chunk (the published evaluation executes only that one)."""
         return self.predict_action_chunk(images, instructions, unnorm_key)[:, 0]
-
-    def sample_action_tokens(
-        self, inputs: ModelInputs, temperature: float, generator: torch.Generator | None = None
-    ) -> SampleOutput:
-        from crane_x7_vla.models.minivla_generate import sample_action_tokens
-
-        return sample_action_tokens(self, inputs, temperature, generator)
-
-    def action_token_log_probs(self, inputs: ModelInputs, tokens: Tensor, temperature: float) -> SampleOutput:
-        from crane_x7_vla.models.minivla_generate import action_token_log_probs
-
-        return action_token_log_probs(self, inputs, tokens, temperature)
 
     def decode_action_chunk(self, tokens: Tensor | np.ndarray, unnorm_key: str | None = None) -> np.ndarray:
         """Action token ids [B, num_action_tokens] -> unnormalised chunk (B, chunk_size, action_dim) float32."""

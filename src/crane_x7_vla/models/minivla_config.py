@@ -12,13 +12,12 @@ code ignores.
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crane_x7_vla.models.config import KNOWN_VISION_TOWERS, RESIZE_STRATEGIES, ViTConfig
+from crane_x7_vla.models.config import KNOWN_VISION_TOWERS, RESIZE_STRATEGIES, ViTConfig, read_config_json
 
 # base_vlm id -> (vision backbone id, LLM backbone id, arch specifier, image resize strategy).
 KNOWN_BASE_VLMS: dict[str, tuple[str, str, str, str]] = {
@@ -168,13 +167,7 @@ class MiniVLAConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> MiniVLAConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: a Prismatic MiniVLA checkpoint directory holds config.json")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
+        data = read_config_json(path, "a Prismatic MiniVLA checkpoint directory holds config.json")
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:

@@ -162,7 +162,8 @@ def load_minivla_tokenizer(ckpt: Path, config: MiniVLAConfig, hf_token: str | No
     from crane_x7_vla.models.loading import resolve_checkpoint
 
     if (ckpt / "tokenizer.json").is_file():
-        return add_extra_tokens(PreTrainedTokenizerFast.from_pretrained(str(ckpt)))
+        # fix_mistral_regex=False: transformers mistakes the Prismatic config.json (no model_type) for a Mistral one.
+        return add_extra_tokens(PreTrainedTokenizerFast.from_pretrained(str(ckpt), fix_mistral_regex=False))
     if not config.tokenizer_source:
         raise FileNotFoundError(f"{ckpt}: no tokenizer.json and no known tokenizer for {config.llm_backbone_id!r}")
     src = resolve_checkpoint(config.tokenizer_source, hf_token, patterns=_TOKENIZER_PATTERNS)

@@ -108,13 +108,19 @@ def _randomize(model: MiniVLA, gen: torch.Generator) -> None:
             elif name.endswith("scale_factor"):
                 p.copy_(0.5 + 0.1 * torch.randn(p.shape, generator=gen))
             else:
-                std = 0.5 if ("pos_embed" in name or "token" in name) else 0.2
+                std = 0.5 if ("pos_embed" in name or name.endswith("_token")) else 0.2
+                if name.endswith("embed_tokens.weight"):
+                    # Small (as a real init) so the layers' outputs outweigh the input embedding: with a tied
+                    # head a dominant embedding makes greedy decoding repeat its last token.
+                    std = 0.02
+                elif name.endswith(("q_proj.weight", "k_proj.weight")):
+                    std = 1.0  # peaky attention: a near-uniform average over ~400 positions is input-independent
                 p.copy_(std * torch.randn(p.shape, generator=gen))
-        # Tied head: make every <|extra_k|> row dominate so greedy decoding lands on action ids.
+        # Tied head: make the action-id rows dominate so greedy decoding lands on action ids (256 bins, or the
+        # 128 VQ codes). The other rows are left alone: they are also the prompt's input embeddings.
         head = model.language_model.lm_head.weight
-        first = len(model.tokenizer) - NUM_EXTRA_TOKENS
-        head.mul_(0.05)
-        head[first : first + NUM_EXTRA_TOKENS] *= 40.0
+        first, n = model.action_tokenizer.first_token_id, model.action_tokenizer.n_bins
+        head[first : first + n] *= 20.0
 
 
 def tiny_action_vq(action_dim: int, gen: torch.Generator, chunk: int = 8) -> ActionVQ:

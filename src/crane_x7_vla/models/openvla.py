@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 
 from crane_x7_vla.models.action_tokenizer import ActionTokenizer
+from crane_x7_vla.models.base import VLABase
 from crane_x7_vla.models.config import OpenVLAConfig
-from crane_x7_vla.models.normalization import ActionStats, select_unnorm_key, unnormalize
+from crane_x7_vla.models.normalization import unnormalize
 from crane_x7_vla.models.processing import (
     ImageLike,
     ImageTransform,
@@ -34,7 +35,7 @@ from crane_x7_vla.models.processing import (
 from crane_x7_vla.models.vision import VisionBackbone, make_projector
 
 if TYPE_CHECKING:
-    from crane_x7_vla.models.generate import SampleOutput
+    pass
 
 
 def llama_config(text_config: dict[str, Any]) -> LlamaConfig:
@@ -53,7 +54,7 @@ def _cache_kwarg() -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-class OpenVLA(nn.Module):
+class OpenVLA(VLABase):
     def __init__(
         self,
         config: OpenVLAConfig,
@@ -73,23 +74,6 @@ class OpenVLA(nn.Module):
         self.image_transform = ImageTransform(config.vision_towers, config.image_resize_strategy)
         # v01 checkpoints (Vicuna backbone) use the chat-style prompt.
         self.prompt_style = "v01" if config.llm_backbone_id.startswith("vicuna") else "pure"
-
-    # ---------------------------------------------------------------- properties
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    def action_stats(self, unnorm_key: str | None = None) -> ActionStats:
-        key = select_unnorm_key(self.norm_stats, unnorm_key or self.unnorm_key)
-        return ActionStats.from_stats(self.norm_stats[key], key)
-
-    @property
-    def action_dim(self) -> int:
-        return self.action_stats().dim
 
     def action_token_ids(self) -> Tensor:
         """The vocabulary ids of the action bins, ascending ([n_bins] long, on the model's device)."""
@@ -162,18 +146,6 @@ class OpenVLA(nn.Module):
         from crane_x7_vla.models.generate import predict_action
 
         return predict_action(self, images, instructions, unnorm_key)
-
-    def sample_action_tokens(
-        self, inputs: ModelInputs, temperature: float, generator: torch.Generator | None = None
-    ) -> SampleOutput:
-        from crane_x7_vla.models.generate import sample_action_tokens
-
-        return sample_action_tokens(self, inputs, temperature, generator)
-
-    def action_token_log_probs(self, inputs: ModelInputs, tokens: Tensor, temperature: float) -> SampleOutput:
-        from crane_x7_vla.models.generate import action_token_log_probs
-
-        return action_token_log_probs(self, inputs, tokens, temperature)
 
     def decode_actions(self, tokens: Tensor | np.ndarray, unnorm_key: str | None = None) -> np.ndarray:
         """Action token ids [B,D] -> unnormalised actions (B, D) float32."""

@@ -6,21 +6,25 @@ Layout of ``<run_dir>/checkpoint_<N>`` (also ``checkpoint_latest`` and ``checkpo
     adapter_config.json         PEFT LoRA config (base_model_name_or_path = the starting checkpoint)
     adapter_model.safetensors   LoRA weights, PEFT key layout (loadable by the runtime as a LoRA dir)
     value_head.safetensors      the critic
-    trainer_state.pt            optimizer, scheduler and RNG states (torch, numpy, python, CUDA)
+    trainer_state.pt            optimizer, scheduler and RNG states (torch, numpy, python, CUDA), per rank
     trainer_state.json          update / global step / best eval success, human readable
     dataset_statistics.json     the action normalisation statistics the policy decodes with
 
 Design: each directory is built under a temporary name and renamed into place (``atomic_directory``), so a
 crash never leaves a half-written checkpoint. ``checkpoint_latest`` is written once per save; the numbered and
-best copies are hard links of its files (free on disk, atomic as directories too).
+best copies are hard links of its files (free on disk, atomic as directories too). Under torchrun only rank 0
+writes (the optimizer and weights are identical on every rank); the RNG states of all ranks are stored keyed by
+rank (``rng_by_rank``), and ``rng`` stays rank 0's so single-process readers are unchanged.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ STATE_PT = "trainer_state.pt"
 STATE_JSON = "trainer_state.json"
 STATS_FILE = "dataset_statistics.json"
 LATEST = "checkpoint_latest"
+log = logging.getLogger(__name__)
 BEST = "checkpoint_best"
 
 
@@ -66,14 +71,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(run_dir: Path, *, policy: Any, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig, state: TrainerState,
-                    dataset_statistics: dict[str, Any], numbered: bool, best: bool) -> Path:
-    """Write ``checkpoint_latest`` (and link it as ``checkpoint_<update>`` / ``checkpoint_best``)."""
+                    dataset_statistics: dict[str, Any], numbered: bool, best: bool,
+                    rng_by_rank: list[dict[str, Any]] | None = None) -> Path:
+    """Write ``checkpoint_latest`` (and link it as ``checkpoint_<update>`` / ``checkpoint_best``).
+
+    ``rng_by_rank``: every rank's :func:`rng_state` (index = rank) under torchrun; None in a single process.
+    """
     latest = run_dir / LATEST
+    rngs = rng_by_rank if rng_by_rank is not None else [rng_state()]
     with atomic_directory(latest) as tmp:
         (tmp / CONFIG_FILE).write_text(config.to_yaml())
         policy.save_adapter(tmp)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(), "state": asdict(state)}, tmp / STATE_PT)
+                    "rng": rngs[0], "rng_by_rank": dict(enumerate(rngs)), "world_size": len(rngs),
+                    "state": asdict(state)}, tmp / STATE_PT)
         (tmp / STATE_JSON).write_text(json.dumps(asdict(state), indent=2) + "\n")
         (tmp / STATS_FILE).write_text(json.dumps(dataset_statistics, indent=2, default=_jsonable) + "\n")
     if numbered:
@@ -114,15 +125,33 @@ def load_config_dict(path: Path) -> dict[str, Any]:
 
 def load_trainer_state(path: Path, optimizer: torch.optim.Optimizer | None = None,
                        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                       restore_rng: bool = True) -> TrainerState:
+                       restore_rng: bool = True, *, rank: int = 0, world_size: int = 1,
+                       rederive_rng: Callable[[int], None] | None = None) -> TrainerState:
+    """Load optimizer / scheduler / progress and restore this rank's RNG states.
+
+    When the checkpoint was written by a different number of ranks, the saved per-rank streams do not map onto
+    this run's ranks: ``rederive_rng(update)`` then seeds them from (seed, rank, update) instead, and a log line
+    says so. Without ``rederive_rng`` rank 0's saved state is used.
+    """
     blob = torch.load(path / STATE_PT, map_location="cpu", weights_only=False)
     if optimizer is not None:
         optimizer.load_state_dict(blob["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(blob["scheduler"])
+    state = TrainerState(**blob["state"])
     if restore_rng:
-        set_rng_state(blob["rng"])
-    return TrainerState(**blob["state"])
+        saved_world = int(blob.get("world_size", 1))
+        by_rank: dict[int, Any] = blob.get("rng_by_rank") or {0: blob["rng"]}
+        if saved_world == world_size and rank in by_rank:
+            set_rng_state(by_rank[rank])
+        elif rederive_rng is not None:
+            log.info("checkpoint %s was written by %d rank(s), this run has %d: re-deriving rank %d's RNG states "
+                     "from the seed and update %d (the run stays reproducible, but differs from an uninterrupted "
+                     "%d-rank run)", path, saved_world, world_size, rank, state.update, saved_world)
+            rederive_rng(state.update)
+        else:
+            set_rng_state(blob["rng"])
+    return state
 
 
 def _jsonable(x: Any) -> Any:

@@ -41,14 +41,23 @@ def train(args: argparse.Namespace) -> int:
         config = resolve(args.config, flags, base=base)  # ... unless YAML / env / flags say otherwise
     except (ConfigError, FileNotFoundError) as exc:
         return _fail(str(exc))
+    from crane_x7_vla_rl.training import distributed
     from crane_x7_vla_rl.training.trainer import Trainer
 
-    trainer = Trainer(config, resume=resume, progress=sys.stderr.isatty())
-    log.info("run directory: %s", trainer.run_dir)
-    last = trainer.train()
-    print(json.dumps({"run_dir": str(trainer.run_dir), "updates": trainer.state.update,
-                      "best_success": trainer.state.best_success,
-                      **{k: v for k, v in last.items() if k.startswith(("charts/", "eval/"))}}))
+    try:  # under torchrun / accelerate launch every rank runs this; the trainer joins the process group
+        try:
+            trainer = Trainer(config, resume=resume, progress=sys.stderr.isatty())
+        except distributed.DistributedError as exc:
+            return _fail(str(exc))
+        if trainer.dist.is_main:
+            log.info("run directory: %s (%d rank(s))", trainer.run_dir, trainer.dist.world_size)
+        last = trainer.train()
+        if trainer.dist.is_main:  # one summary line per run, not per rank
+            print(json.dumps({"run_dir": str(trainer.run_dir), "updates": trainer.state.update,
+                              "best_success": trainer.state.best_success, "world_size": trainer.dist.world_size,
+                              **{k: v for k, v in last.items() if k.startswith(("charts/", "eval/"))}}))
+    finally:
+        distributed.shutdown()
     return 0
 
 

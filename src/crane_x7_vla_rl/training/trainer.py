@@ -5,6 +5,10 @@ of an update is derived from (run seed, update index): simulator reset seeds, th
 and the minibatch permutation. Resuming therefore needs no simulator state, and N updates + resume + M
 updates reproduce N+M uninterrupted updates exactly on CPU (weights, optimizer and metrics); the global
 torch / numpy / python RNG states are saved and restored as well, for anything else that draws from them.
+
+Under ``torchrun`` (see :mod:`crane_x7_vla_rl.training.distributed`) each rank runs this same loop on its own env
+shard with streams derived from ``seed + rank * prime``; gradients, advantage statistics, the KL stop and the
+metrics are reduced across ranks, rank 0 alone evaluates, logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from crane_x7_vla_rl.policy import VLAActorCritic
 from crane_x7_vla_rl.rollout.buffer import RolloutBatch
 from crane_x7_vla_rl.rollout.collector import RolloutCollector
 from crane_x7_vla_rl.training import checkpoint as ckpt
+from crane_x7_vla_rl.training import distributed
 from crane_x7_vla_rl.training.evaluate import EvalSummary, evaluate_policy, save_videos, summarize
 from crane_x7_vla_rl.training.metrics import MetricsLogger
 
@@ -67,7 +72,8 @@ def _absolute_if_local(source: str) -> str:
     return str(p.resolve()) if p.exists() else source
 
 
-def make_simulator(config: TrainConfig, num_envs: int | None = None) -> Simulator:
+def make_simulator(config: TrainConfig, num_envs: int | None = None,
+                   device: torch.device | None = None) -> Simulator:
     from crane_x7_vla.lift.registry import create_simulator
     from crane_x7_vla.lift.types import SimulatorConfig
 
@@ -76,7 +82,8 @@ def make_simulator(config: TrainConfig, num_envs: int | None = None) -> Simulato
         env_id=r.env_id, backend=r.backend, render_mode=r.render_mode, max_episode_steps=r.max_steps,
         robot_init_qpos_noise=r.robot_init_qpos_noise, num_envs=num_envs or r.num_parallel_envs,
         reward_mode=r.effective_reward_mode, camera=r.camera, image_size=tuple(r.image_size),  # type: ignore[arg-type]
-        device=config.device if config.device.startswith("cuda") else "cpu",
+        device=(str(device) if device is not None and device.type == "cuda"  # a rank's own GPU
+                else config.device if config.device.startswith("cuda") and device is None else "cpu"),
     )
     return create_simulator(r.simulator, sim_cfg)
 
@@ -90,17 +97,24 @@ class Trainer:
         self.config = config
         self.resume = resume
         self.progress = progress
-        self.device = resolve_device(config.device)
+        d = config.distributed
+        self.dist = distributed.init_distributed(config.device, strategy=d.strategy,
+                                                 timeout_minutes=d.timeout_minutes)
+        self.device = self.dist.device if self.dist.enabled else resolve_device(config.device)
+        self.rank_seed = distributed.rank_seed(config.seed, self.dist.rank)  # == seed in a single process
         self.run_dir = Path(config.output_dir) / config.experiment_name
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # Seed the global RNGs before any module is built (LoRA A and value-head init draw from them).
+        # Seed the global RNGs before any module is built (LoRA A and value-head init draw from them); the
+        # same seed on every rank, so all ranks start from identical weights.
         torch.manual_seed(config.seed)
         np.random.seed(config.seed % (2**32))
         import random
 
         random.seed(config.seed)
         self.policy = build_policy(config, self.device)
-        self.sim = make_simulator(config)
+        if self.dist.rank > 0:
+            distributed.seed_global_rngs(self.rank_seed)  # from here on, each rank draws its own streams
+        self.sim = make_simulator(config, device=self.device if self.dist.enabled else None)
         self.group_size = config.ppo.grpo_group_size if config.ppo.algorithm == "grpo" else 1
         self.collector = RolloutCollector(self.sim, self.policy, instruction=config.language_instruction,
                                           max_steps=config.rollout.max_steps,
@@ -121,17 +135,22 @@ class Trainer:
         self.state = ckpt.TrainerState()
         if resume is not None:
             self.policy.load_adapter(resume)
-            self.state = ckpt.load_trainer_state(resume, self.optimizer, self.scheduler)
+            self.state = ckpt.load_trainer_state(
+                resume, self.optimizer, self.scheduler, rank=self.dist.rank, world_size=self.dist.world_size,
+                rederive_rng=lambda u: distributed.seed_global_rngs(derived_seed(self.rank_seed, u, 3)))
             log.info("resumed from %s at update %d", resume, self.state.update)
         self.instructions: list[str] = []
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if self.device.type == "cuda" and config.bf16 else nullcontext())
-        self.logger = MetricsLogger(
-            self.run_dir, resume_update=self.state.update if resume is not None else None,
-            use_tensorboard=config.use_tensorboard, use_wandb=config.use_wandb,
-            wandb_project=config.wandb_project, wandb_entity=config.wandb_entity,
-            run_name=config.experiment_name, config=config.model_dump(mode="json"))
-        (self.run_dir / "config.yaml").write_text(config.to_yaml())
+        self.dist.wrap(self.policy, d.strategy)
+        self.logger: MetricsLogger | distributed.NullLogger = distributed.NullLogger()
+        if self.dist.is_main:
+            self.logger = MetricsLogger(
+                self.run_dir, resume_update=self.state.update if resume is not None else None,
+                use_tensorboard=config.use_tensorboard, use_wandb=config.use_wandb,
+                wandb_project=config.wandb_project, wandb_entity=config.wandb_entity,
+                run_name=config.experiment_name, config=config.model_dump(mode="json"))
+            (self.run_dir / "config.yaml").write_text(config.to_yaml())
 
     # --- rollout ---------------------------------------------------------------------------------------------
     def _instruction_index(self, text: str) -> int:
@@ -142,12 +161,14 @@ class Trainer:
     def collect(self, update: int) -> RolloutBatch:
         r = self.config.rollout
         n = self.sim.num_envs
-        num_segments = max(1, math.ceil(r.num_rollouts_per_update / n))
-        gen = torch.Generator(device=self.device).manual_seed(derived_seed(self.config.seed, update, 1))
+        # num_rollouts_per_update is global: each rank collects its share on its own env shard.
+        per_rank = distributed.episodes_per_rank(r.num_rollouts_per_update, self.dist.world_size)
+        num_segments = max(1, math.ceil(per_rank / n))
+        gen = torch.Generator(device=self.device).manual_seed(derived_seed(self.rank_seed, update, 1))
         segments = []
         for s in range(num_segments):
             # Env i of segment s gets seed + i: consecutive, never reused within a run, far from eval seeds.
-            seed = (_TRAIN_SEED_BASE + self.config.seed * 100_000 + (update * num_segments + s) * n) % (2**31 - 1)
+            seed = (_TRAIN_SEED_BASE + self.rank_seed * 100_000 + (update * num_segments + s) * n) % (2**31 - 1)
             with self.autocast:
                 segments.append(self.collector.collect(seed, gen, self._instruction_index))
         return RolloutBatch.from_segments(segments, self.instructions)
@@ -179,7 +200,12 @@ class Trainer:
         size = b_adv.shape[0]
         mb = min(p.minibatch_size, size)
         micro = max(1, math.ceil(mb / p.grad_accumulation_steps))
-        gen = torch.Generator().manual_seed(derived_seed(self.config.seed, update, 2))
+        gen = torch.Generator().manual_seed(derived_seed(self.rank_seed, update, 2))
+        ddp = self.dist.enabled
+        if ddp:
+            # ppo.minibatch_size is global: every rank splits its share into the same number of chunks.
+            global_size, min_size = self.dist.sum([size])[0], self.dist.min([size])[0]
+            num_mb = distributed.num_minibatches(int(global_size), p.minibatch_size, int(min_size))
         use_critic = p.algorithm == "ppo"
         params = [q for g in self.optimizer.param_groups for q in g["params"]]
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl",
@@ -189,21 +215,28 @@ class Trainer:
         self.policy.train()
         for _epoch in range(p.num_epochs):
             perm = torch.randperm(size, generator=gen)
-            for start in range(0, size, mb):
-                mb_idx = perm[start:start + mb]
+            chunks = (torch.tensor_split(perm, num_mb) if ddp
+                      else [perm[start:start + mb] for start in range(0, size, mb)])
+            for mb_idx in chunks:
                 self.optimizer.zero_grad(set_to_none=True)
                 kls: list[float] = []
+                # The minibatch is the union of every rank's chunk: weights, advantage statistics and the KL
+                # are taken over that union (in a single process: over this chunk).
+                mb_count = self.dist.sum([mb_idx.numel()])[0]
+                if ddp:
+                    micro = max(1, math.ceil(mb_idx.numel() / p.grad_accumulation_steps))
+                # Advantages are normalised over the whole minibatch, not per micro-batch.
+                adv_mean, adv_std = self.dist.mean_std(b_adv[mb_idx.to(self.device)])
                 for m0 in range(0, mb_idx.numel(), micro):
                     idx = mb_idx[m0:m0 + micro]
                     dev_idx = idx.to(self.device)
                     with self.autocast:
-                        ev = self.policy.evaluate_actions(b_images[idx.numpy()], [b_instr[i] for i in idx.tolist()],
-                                                          b_tokens[dev_idx], temp)
-                    # Advantages are normalised over the whole minibatch, not per micro-batch.
-                    mb_adv = b_adv[mb_idx.to(self.device)]
+                        ev = self.dist.evaluate_actions(
+                            self.policy, b_images[idx.numpy()], [b_instr[i] for i in idx.tolist()],
+                            b_tokens[dev_idx], temp, sync=m0 + micro >= mb_idx.numel())
                     adv = b_adv[dev_idx]
-                    if p.normalize_advantages and p.algorithm == "ppo" and mb_adv.numel() > 1:
-                        adv = (adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                    if p.normalize_advantages and p.algorithm == "ppo" and mb_count > 1:
+                        adv = (adv - adv_mean) / (adv_std + 1e-8)
                     out = ppo_loss(ev.log_prob, b_logp[dev_idx], adv, ev.entropy,
                                    ev.value if use_critic else None, b_val[dev_idx] if use_critic else None,
                                    b_ret[dev_idx] if use_critic else None,
@@ -212,14 +245,16 @@ class Trainer:
                                    normalize_advantages=False)
                     if math.isnan(first_ratio_dev):
                         first_ratio_dev = float((out.ratio - 1.0).abs().max())
-                    (out.loss * (idx.numel() / mb_idx.numel())).backward()
-                    kls.append(float(out.approx_kl) * idx.numel() / mb_idx.numel())
+                    # DDP averages gradients over ranks, hence * world_size: the step is the mean over the union.
+                    weight = idx.numel() / mb_count
+                    (out.loss * (weight * self.dist.world_size)).backward()
+                    kls.append(float(out.approx_kl) * weight)
                     stats["policy_loss"].append(float(out.policy_loss))
                     stats["value_loss"].append(float(out.value_loss))
                     stats["entropy"].append(float(out.entropy))
                     stats["old_approx_kl"].append(float(out.old_approx_kl))
                     stats["clipfrac"].append(float(out.clip_fraction))
-                approx_kl = sum(kls)
+                approx_kl = self.dist.sum([sum(kls)])[0]  # the same on every rank: they stop together
                 stats["approx_kl"].append(approx_kl)
                 if p.target_kl is not None and approx_kl > p.target_kl:
                     # The policy already moved too far from the one that collected the data: drop this step.
@@ -234,11 +269,29 @@ class Trainer:
                 break
         self.scheduler.step()
         ev_val = explained_variance(b_val, b_ret) if use_critic else float("nan")
+        if use_critic and ddp:
+            diff = (b_ret - b_val).double()  # [B]
+            y = b_ret.double()  # [B]
+            ev_val = distributed.explained_variance_from_sums(*self.dist.sum(
+                [size, float(y.sum()), float((y * y).sum()), float(diff.sum()), float((diff * diff).sum())]))
         out_stats = {f"losses/{k}": (float(np.mean(v)) if v else float("nan")) for k, v in stats.items()}
-        out_stats.update({"losses/explained_variance": ev_val, "losses/first_ratio_dev": first_ratio_dev,
+        out_stats.update({"losses/first_ratio_dev": first_ratio_dev,
                           "charts/epochs_done": float(epochs_done), "charts/early_stop": float(early_stop),
                           "charts/num_transitions": float(size)})
+        out_stats = distributed.reduce_update_stats(self.dist, out_stats)
+        out_stats["losses/explained_variance"] = ev_val
         return out_stats
+
+    def episode_metrics(self, batch: RolloutBatch) -> tuple[dict[str, float], int]:
+        """Episode metrics of the update and its transition count, over all ranks."""
+        if not self.dist.enabled:
+            return {"charts/episode_return": float(batch.episode_returns.mean()),
+                    "charts/success_rate": float(batch.episode_success.float().mean()),
+                    "charts/episode_length": float(batch.episode_lengths.float().mean())}, batch.num_valid
+        ret, succ, length, episodes, valid = self.dist.sum([
+            float(batch.episode_returns.sum()), float(batch.episode_success.sum()),
+            float(batch.episode_lengths.sum()), batch.episode_returns.numel(), batch.num_valid])
+        return distributed.episode_metrics(ret, succ, length, episodes), int(valid)
 
     # --- evaluation ------------------------------------------------------------------------------------------
     def evaluate(self, update: int | None) -> EvalSummary:
@@ -262,7 +315,7 @@ class Trainer:
         c = self.config
         last: dict[str, Any] = {}
         progress = Progress(TextColumn("[bold]VLA-RL"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            TextColumn("{task.description}"), disable=not self.progress)
+                            TextColumn("{task.description}"), disable=not (self.progress and self.dist.is_main))
         try:
             with progress:
                 task = progress.add_task("", total=c.num_updates, completed=self.state.update)
@@ -275,20 +328,20 @@ class Trainer:
                     upd = self.update_policy(batch, update)
                     t2 = time.perf_counter()
                     self.state.update += 1
-                    self.state.global_step += batch.num_valid
+                    episode, num_valid = self.episode_metrics(batch)
+                    self.state.global_step += num_valid
                     metrics: dict[str, Any] = {
                         "global_step": self.state.global_step,
-                        "charts/episode_return": float(batch.episode_returns.mean()),
-                        "charts/success_rate": float(batch.episode_success.float().mean()),
-                        "charts/episode_length": float(batch.episode_lengths.float().mean()),
+                        **episode,
                         "charts/learning_rate": float(self.optimizer.param_groups[0]["lr"]),
                         **upd,
                         "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
-                        "charts/SPS": batch.num_valid / max(t2 - t0, 1e-9),
+                        "charts/SPS": num_valid / max(t2 - t0, 1e-9),
                     }
                     is_best = False
                     if self.state.update % c.eval_interval == 0 or self.state.update == c.num_updates:
-                        summary = self.evaluate(self.state.update)
+                        # Rank 0 evaluates; every rank needs its result to take the same best / stop decisions.
+                        summary = self.dist.broadcast(self.evaluate(self.state.update) if self.dist.is_main else None)
                         metrics.update({"eval/success_rate": summary.success_rate,
                                         "eval/ci95_low": summary.ci95_low, "eval/ci95_high": summary.ci95_high,
                                         "eval/episode_return": summary.mean_return})
@@ -300,28 +353,34 @@ class Trainer:
                     last = metrics
                     numbered = self.state.update % c.save_interval == 0
                     if numbered or is_best or self.state.update == c.num_updates:
-                        ckpt.save_checkpoint(self.run_dir, policy=self.policy, optimizer=self.optimizer,
-                                             scheduler=self.scheduler, config=c, state=self.state,
-                                             dataset_statistics=dict(getattr(self.policy.vla, "norm_stats", {})),
-                                             numbered=numbered, best=is_best)
+                        self.save(numbered=numbered, best=is_best)
                     desc = (f"success {metrics['charts/success_rate']:.2f} "
                             f"return {metrics['charts/episode_return']:.2f} kl {upd['losses/approx_kl']:.4f}")
                     progress.update(task, advance=1, description=desc)
                     stop = (c.stop_success_rate is not None and "eval/success_rate" in metrics
                             and metrics["eval/success_rate"] >= c.stop_success_rate)
                     if stop and not (numbered or is_best or self.state.update == c.num_updates):
-                        ckpt.save_checkpoint(self.run_dir, policy=self.policy, optimizer=self.optimizer,
-                                             scheduler=self.scheduler, config=c, state=self.state,
-                                             dataset_statistics=dict(getattr(self.policy.vla, "norm_stats", {})),
-                                             numbered=False, best=False)
-                    if self.state.update % c.log_interval == 0 or self.state.update == c.num_updates or stop:
+                        self.save(numbered=False, best=False)
+                    log_now = self.state.update % c.log_interval == 0 or self.state.update == c.num_updates or stop
+                    if log_now and self.dist.is_main:
                         log.info("update %d/%d %s sps %.1f", self.state.update, c.num_updates, desc,
                                  metrics["charts/SPS"])
-                    if stop:
+                    if stop and self.dist.is_main:
                         log.info("eval success %.2f >= stop_success_rate %.2f: stopping",
                                  metrics["eval/success_rate"], c.stop_success_rate)
+                    if stop:
                         break
         finally:
             self.logger.close()
             self.sim.close()
         return last
+
+    def save(self, *, numbered: bool, best: bool) -> None:
+        """Write the checkpoint once (rank 0) with every rank's RNG states; all ranks leave together."""
+        rngs = self.dist.gather(ckpt.rng_state())  # a collective: every rank takes part
+        if self.dist.is_main:
+            ckpt.save_checkpoint(self.run_dir, policy=self.policy, optimizer=self.optimizer,
+                                 scheduler=self.scheduler, config=self.config, state=self.state,
+                                 dataset_statistics=dict(getattr(self.policy.vla, "norm_stats", {})),
+                                 numbered=numbered, best=best, rng_by_rank=rngs if self.dist.enabled else None)
+        self.dist.barrier()  # nobody reads or resumes from a checkpoint rank 0 is still writing
