@@ -185,7 +185,46 @@ def main() -> None:
     result["greedy_identical_fraction"] = agree / 16
 
     result["multi_robot"] = asyncio.run(_robots(engine, images[0], args.robots, args.rate, args.robot_seconds))
+    if not args.tiny:
+        del engine, model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        result["minivla"] = minivla_row(images, device, args.eager_iters)
     print(json.dumps(result, indent=2))
+
+
+def minivla_row(images: list[np.ndarray], device: str, iters: int) -> dict[str, Any]:
+    """MiniVLA (published binning architecture: DINOv2+SigLIP, Qwen2.5-0.5B) with random bf16 weights, eager."""
+    from crane_x7_vla.models.minivla import MiniVLA
+    from crane_x7_vla.models.minivla_config import MiniVLAConfig
+    from crane_x7_vla.models.minivla_tiny import build_qwen_style_tokenizer
+    from crane_x7_vla.models.tiny import crane_x7_dataset_statistics
+
+    cfg = MiniVLAConfig.from_dict({"vla": {"base_vlm": "prism-qwen25-extra-dinosiglip-224px+0_5b",
+                                           "action_tokenizer": "extra_action_tokenizer",
+                                           "image_sequence_len": 1, "use_wrist_image": False}})
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16 if device == "cuda" else torch.float32)
+    try:
+        with torch.device(device):
+            model = MiniVLA(cfg, build_qwen_style_tokenizer(), norm_stats=crane_x7_dataset_statistics(7),
+                            unnorm_key="crane_x7")
+    finally:
+        torch.set_default_dtype(prev)
+    model.eval()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    b1 = _time(lambda: model.predict_action(images[:1], [INSTRUCTION]), 3 + iters)[3:]
+    row: dict[str, Any] = {
+        "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
+        "eager_b1_ms_p50": _pct(b1, 50), "eager_b1_ms_p99": _pct(b1, 99),
+    }
+    b8 = _time(lambda: model.predict_action(images[:8], [INSTRUCTION] * 8), 2 + max(3, iters // 3))[2:]
+    row["eager_b8_ms_p50"] = _pct(b8, 50)
+    row["eager_b8_actions_per_s"] = 8 / float(np.median(b8))
+    if device == "cuda":
+        row["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return row
 
 
 if __name__ == "__main__":

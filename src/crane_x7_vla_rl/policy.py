@@ -122,12 +122,12 @@ class VLAActorCritic(nn.Module):
         # grad; sampling needs the cache, and checkpointing is pointless without a backward pass.
         layers = [m for m in self.vla.modules() if getattr(m, "gradient_checkpointing", False) is True]
         for m in layers:
-            m.gradient_checkpointing = False
+            setattr(m, "gradient_checkpointing", False)  # noqa: B010 (an nn.Module attribute mypy cannot see)
         try:
             yield
         finally:
             for m in layers:
-                m.gradient_checkpointing = True
+                setattr(m, "gradient_checkpointing", True)  # noqa: B010
 
     # --- acting / evaluating -----------------------------------------------------------------------------
     def prepare(self, images: Sequence[np.ndarray] | np.ndarray, instructions: Sequence[str]) -> Any:

@@ -29,15 +29,16 @@ LENGTHS = (3, 1, 2, 3)  # valid steps of the 4 episodes: rank 0 gets 0-1 (4 tran
 T = max(LENGTHS)
 
 
-def _config(ckpt: Path, out: Path) -> TrainConfig:
+def _config(ckpt: Path, out: Path, algorithm: str = "ppo") -> TrainConfig:
     return validate({
+        "distributed": {"timeout_minutes": 3},  # a desync fails the test instead of hanging it
         "device": "cpu", "pretrained_checkpoint": str(ckpt), "output_dir": str(out), "lora_rank": 4,
         "lora_alpha": 8, "use_tensorboard": False, "save_eval_videos": False,
         "rollout": {"simulator": rl_bandit_sim.NAME, "num_parallel_envs": 2, "max_steps": T,
                     "image_size": [56, 56]},
         # 2 epochs of one global minibatch each; a tight grad clip so the global grad norm matters.
         "ppo": {"learning_rate": 1e-2, "num_epochs": 2, "minibatch_size": 64, "grad_accumulation_steps": 2,
-                "target_kl": None, "max_grad_norm": 0.05, "entropy_coef": 0.01},
+                "target_kl": None, "max_grad_norm": 0.05, "entropy_coef": 0.01, "algorithm": algorithm},
     })
 
 
@@ -93,8 +94,14 @@ def _rank_main(rank: int, world: int, port: int, ckpt: str, out: str) -> None:
         stats = trainer.update_policy(_columns(full, [2 * rank, 2 * rank + 1]), update=0)
         # Episode metrics over unequal shards: rank 0 holds 3 episodes (1 success), rank 1 one (1 success).
         metrics, valid = trainer.episode_metrics(_columns(full, [0, 1, 2] if rank == 0 else [3]))
-        torch.save({"params": {k: v.clone() for k, v in trainer.policy.trainable_state_dict().items()},
-                    "stats": stats, "metrics": metrics, "valid": valid, "rank_seed": trainer.rank_seed},
+        params = {k: v.clone() for k, v in trainer.policy.trainable_state_dict().items()}
+        # GRPO (no critic): the value head is out of the loss, so DDP must not wait for its gradients. Each
+        # rank's 2 episodes form one group, as they do in the combined batch (group = one segment's 2 envs).
+        grpo = Trainer(_config(Path(ckpt), Path(out) / f"grpo{rank}", "grpo"), progress=False)
+        grpo.update_policy(_columns(_synthetic_batch(grpo), [2 * rank, 2 * rank + 1]), update=0)
+        torch.save({"params": params, "stats": stats, "metrics": metrics, "valid": valid,
+                    "rank_seed": trainer.rank_seed, "grpo_lora": {k: v.clone() for k, v in
+                                                                  grpo.policy.trainable_state_dict().items()}},
                    Path(out) / f"rank{rank}.pt")
     finally:
         distributed.shutdown()
@@ -129,6 +136,18 @@ def test_two_ranks_match_one_process_over_the_combined_batch(
     assert r0["stats"] == r1["stats"]  # every logged number is reduced: all ranks agree
 
 
+def test_grpo_two_ranks_match_one_process(two_rank_results: list[dict[str, Any]], rl_tiny_ckpt: Path,
+                                         tmp_path: Path) -> None:
+    single = Trainer(_config(rl_tiny_ckpt, tmp_path, "grpo"), progress=False)
+    before = {k: v.clone() for k, v in single.policy.trainable_state_dict().items()}
+    single.update_policy(_synthetic_batch(single), update=0)
+    after = single.policy.trainable_state_dict()
+    assert max(float((after[k] - before[k]).abs().max()) for k in after if "lora_" in k) > 1e-3
+    for k in after:
+        torch.testing.assert_close(two_rank_results[0]["grpo_lora"][k], after[k], rtol=1e-4, atol=1e-6, msg=k)
+        assert torch.equal(two_rank_results[0]["grpo_lora"][k], two_rank_results[1]["grpo_lora"][k]), k
+
+
 def test_episode_metrics_are_totals_over_ranks_not_means_of_rank_means(
         two_rank_results: list[dict[str, Any]]) -> None:
     for r in two_rank_results:
@@ -150,7 +169,7 @@ def test_launch_env_parsing_and_errors() -> None:
 
 
 def test_fsdp_is_refused_clearly_on_cpu() -> None:
-    with pytest.raises(DistributedError, match="needs CUDA GPUs.*use 'ddp'"):
+    with pytest.raises(DistributedError, match=r"needs CUDA GPUs.*use 'ddp'"):
         distributed.init_distributed("cpu", strategy="fsdp", environ={"RANK": "0", "WORLD_SIZE": "1"})
 
 

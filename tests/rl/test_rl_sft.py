@@ -91,10 +91,10 @@ def test_right_padded_training_logits_equal_runtime_inference(rl_tiny_ckpt: Path
 
 def test_full_sft_lowers_loss_and_writes_loadable_checkpoint(rl_tiny_ckpt: Path, demos: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    summary = train(_cfg(demos, out, rl_tiny_ckpt, steps=15, batch_size=8, lr=3e-3))
-    assert summary["done"] and summary["step"] == 15
+    summary = train(_cfg(demos, out, rl_tiny_ckpt, steps=12, batch_size=4, lr=3e-3))
+    assert summary["done"] and summary["step"] == 12
     losses = [r["loss"] for r in _metrics(out)]
-    assert len(losses) == 15
+    assert len(losses) == 12
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 2.0, losses  # from ~ln(32064) = 10.4
     ckpt = out / LATEST
     written = json.loads((ckpt / "dataset_statistics.json").read_text())
@@ -110,8 +110,8 @@ def test_full_sft_lowers_loss_and_writes_loadable_checkpoint(rl_tiny_ckpt: Path,
 def test_lora_sft_trains_only_adapters_and_saves_merged_checkpoint(rl_tiny_ckpt: Path, demos: Path,
                                                                      tmp_path: Path) -> None:
     out = tmp_path / "lora"
-    summary = train(_cfg(demos, out, rl_tiny_ckpt, mode="lora", lora_rank=8, lora_alpha=16, steps=12,
-                         batch_size=8, lr=5e-3))
+    summary = train(_cfg(demos, out, rl_tiny_ckpt, mode="lora", lora_rank=8, lora_alpha=16, steps=8,
+                         batch_size=4, lr=5e-3))
     assert 0 < summary["trainable_parameters"] < summary["parameters"] // 2
     losses = [r["loss"] for r in _metrics(out)]
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
@@ -124,11 +124,11 @@ def test_lora_sft_trains_only_adapters_and_saves_merged_checkpoint(rl_tiny_ckpt:
 
 def test_resume_continues_exactly(rl_tiny_ckpt: Path, demos: Path, tmp_path: Path) -> None:
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train(_cfg(demos, straight, rl_tiny_ckpt, steps=4))
-    first = train(_cfg(demos, split, rl_tiny_ckpt, steps=4, max_seconds=0.0))  # stops (and saves) after 1 step
+    train(_cfg(demos, straight, rl_tiny_ckpt, steps=3))
+    first = train(_cfg(demos, split, rl_tiny_ckpt, steps=3, max_seconds=0.0))  # stops (and saves) after 1 step
     assert not first["done"] and first["step"] == 1
     resumed = train(sft_trainer.resume_config(split), resume=True)
-    assert resumed["done"] and resumed["step"] == 4
+    assert resumed["done"] and resumed["step"] == 3
     a, b = load_vla(straight / LATEST).state_dict(), load_vla(split / LATEST).state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
@@ -139,17 +139,18 @@ def test_resume_continues_exactly(rl_tiny_ckpt: Path, demos: Path, tmp_path: Pat
 def test_init_small_builds_openvla_family_model_that_trains(demos: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # A test-sized preset through the same builder path (the real presets are too slow for CI steps).
-    spec = SmallModelSpec(fused=True, patch_size=14, vision_width=32, vision_depth=3, vision_heads=2,
-                          llm_hidden=64, llm_layers=2, llm_heads=4, llm_intermediate=128, image_size=56)
+    spec = SmallModelSpec(fused=False, patch_size=14, vision_width=32, vision_depth=3, vision_heads=2,
+                          llm_hidden=96, llm_layers=2, llm_heads=4, llm_intermediate=128, image_size=56)
     monkeypatch.setitem(sft_trainer.SMALL_PRESETS, "test", spec)
     out = tmp_path / "small"
-    cfg = dataclasses.replace(_cfg(demos, out, Path("unused"), steps=20, batch_size=8, lr=3e-3),
+    cfg = dataclasses.replace(_cfg(demos, out, Path("unused"), steps=10, batch_size=4, lr=3e-3),
                               base=None, init_small="test")
     train(cfg)
     losses = [r["loss"] for r in _metrics(out)]
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 1.0, losses
     model = load_vla(out / LATEST)
-    assert model.config.use_fused_vision_backbone and model.config.vision_towers[0].image_size == 56
+    assert not model.config.use_fused_vision_backbone and model.config.vision_towers[0].image_size == 56
+    assert model.config.text_config["hidden_size"] == 96  # the preset's geometry, not the tiny test model's
     assert model.predict_action([DemoFrames.load(demos).images[0]], [INSTRUCTION]).shape == (1, 8)
 
 

@@ -15,7 +15,8 @@ Design choices:
 - DDP wraps only the trainable parameters' gradient sync: the frozen base is excluded from DDP's start-up
   broadcast (every rank loads the same weights from disk) and buffers are constants, so they are not broadcast
   on every forward. ``find_unused_parameters`` is on because LoRA sits on linears that never run (vision blocks
-  past OpenVLA's feature layer, SigLIP's pooling head) and GRPO leaves the value head out of the loss.
+  past OpenVLA's feature layer, SigLIP's pooling head). Under GRPO the value head is not trained: it is left out
+  of DDP and its output detached, so no bucket waits on (or all-reduces) gradients nobody uses.
 - FSDP (``distributed.strategy: fsdp``) is refused with an actionable error: it needs NCCL on CUDA, and its
   GPU path has not been built or measured yet (see docs/training.md, "Multi-GPU").
 """
@@ -109,14 +110,16 @@ class _ActionEvaluator(nn.Module):
     """The policy's teacher-forced evaluation as a ``forward``: DDP only syncs gradients of what runs through
     its own ``forward`` call."""
 
-    def __init__(self, policy: VLAActorCritic) -> None:
+    def __init__(self, policy: VLAActorCritic, with_value: bool) -> None:
         super().__init__()
         self.policy = policy
+        self.with_value = with_value
 
     def forward(self, images: Any, instructions: Sequence[str], tokens: torch.Tensor,
                 temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.policy.evaluate_actions(images, instructions, tokens, temperature)
-        return out.log_prob, out.entropy, out.value  # [B] each
+        value = out.value if self.with_value else out.value.detach()
+        return out.log_prob, out.entropy, value  # [B] each
 
 
 class DistContext:
@@ -183,19 +186,21 @@ class DistContext:
                 torch.tensor(math.sqrt(max(var, 0.0)), dtype=x.dtype, device=x.device))
 
     # --- model -------------------------------------------------------------------------------------------------
-    def wrap(self, policy: VLAActorCritic, strategy: Strategy) -> None:
-        """Put the policy under gradient sync (no-op in a single process)."""
+    def wrap(self, policy: VLAActorCritic, strategy: Strategy, *, train_value_head: bool = True) -> None:
+        """Put the policy's trainable parameters under gradient sync (no-op in a single process)."""
         if not self.enabled:
             return
         if strategy == "fsdp":
             raise DistributedError(fsdp_refusal(self.device))
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        module = _ActionEvaluator(policy)
+        module = _ActionEvaluator(policy, with_value=train_value_head)
         # Frozen base weights and constant buffers are identical on every rank (loaded from the same files):
         # keeping them out of DDP saves a whole-model broadcast at start-up and a buffer broadcast per forward.
         ignore = [n for n, p in module.named_parameters() if not p.requires_grad]
         ignore += [n for n, _ in module.named_buffers()]
+        if not train_value_head:
+            ignore += [n for n, p in module.named_parameters() if n.startswith("policy.value_head.")]
         DDP._set_params_and_buffers_to_ignore_for_model(module, ignore)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         self._ddp = DDP(module, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=True)
@@ -253,7 +258,9 @@ def init_distributed(requested_device: str, *, strategy: Strategy = "ddp", timeo
         if use_cuda:
             # NVLink multicast (NVLS) can take a shared host's GPUs out of service; opt in explicitly if wanted.
             os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
+        # device_id binds NCCL to this rank's GPU up front (barriers and object collectives then use it).
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes),
+                                device_id=device if use_cuda else None)
         log.info("rank %d/%d joined the %s process group on %s", rank, world, backend, device)
     return DistContext(rank=rank, world_size=world, local_rank=local, device=device, enabled=True)
 

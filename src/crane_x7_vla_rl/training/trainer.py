@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from crane_x7_vla.lift.interface import Simulator
+from crane_x7_vla.utils.atomic import write_text_atomic
 from crane_x7_vla_rl.algorithms import compute_gae, explained_variance, group_relative_advantages, ppo_loss
 from crane_x7_vla_rl.config import TrainConfig
 from crane_x7_vla_rl.policy import VLAActorCritic
@@ -142,7 +143,7 @@ class Trainer:
         self.instructions: list[str] = []
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if self.device.type == "cuda" and config.bf16 else nullcontext())
-        self.dist.wrap(self.policy, d.strategy)
+        self.dist.wrap(self.policy, d.strategy, train_value_head=p.algorithm == "ppo")
         self.logger: MetricsLogger | distributed.NullLogger = distributed.NullLogger()
         if self.dist.is_main:
             self.logger = MetricsLogger(
@@ -150,7 +151,7 @@ class Trainer:
                 use_tensorboard=config.use_tensorboard, use_wandb=config.use_wandb,
                 wandb_project=config.wandb_project, wandb_entity=config.wandb_entity,
                 run_name=config.experiment_name, config=config.model_dump(mode="json"))
-            (self.run_dir / "config.yaml").write_text(config.to_yaml())
+            write_text_atomic(self.run_dir / "config.yaml", config.to_yaml())
 
     # --- rollout ---------------------------------------------------------------------------------------------
     def _instruction_index(self, text: str) -> int:

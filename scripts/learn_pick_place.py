@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""Does the pipeline learn the real task? Expert demos -> SFT of a small VLA -> eval -> PPO -> eval -> report.
+
+Usage::
+
+    python scripts/learn_pick_place.py --quick all            # CPU, reduced scale
+    python scripts/learn_pick_place.py all --device cuda      # GPU, full scale
+    python scripts/learn_pick_place.py --quick data sft       # only some steps
+
+Steps (each skips work already done, and each invocation of a sub-command is limited to ``--step-seconds``,
+about 10 minutes, after which it is stopped at a checkpoint; run the same command again to continue):
+
+    data      scripted expert on MuJoCo, wrist images recorded    -> WORK/demos
+    sft       crane-x7-vla sft --init-small (resumable)           -> WORK/sft/checkpoint_latest
+    eval-sft  >= 100 fixed-seed greedy episodes (Wilson 95% CI)   -> WORK/eval_sft.json (+ videos)
+    rl        PPO from the SFT checkpoint (staged reward)         -> WORK/rl/pick_place_rl/checkpoint_latest
+    eval-rl   the same episodes for the RL policy                 -> WORK/eval_rl.json (+ videos)
+    report    table in docs/results.md, success-vs-update PNG, one success and one failure video
+
+Design: this script only orchestrates the project's own commands (``crane-x7-vla expert``, ``crane-x7-vla sft``,
+``python -m crane_x7_vla_rl.training.cli train|evaluate``) as subprocesses, reading their final JSON line, so what
+it measures is exactly what a user runs. Every artefact is written atomically, so a killed step never leaves a
+half-written file and "done" is simply "the output exists".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from crane_x7_vla.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = ("data", "sft", "eval-sft", "rl", "eval-rl", "report")
+EVAL_SEED = 100_000  # evaluation seeds never overlap the demo seeds (0..) or the RL trainer's eval seeds (10000..)
+RL_NAME = "pick_place_rl"
+BEGIN, END = "<!-- learn_pick_place:begin -->", "<!-- learn_pick_place:end -->"
+
+
+@dataclass(frozen=True)
+class Scale:
+    demos: int  # expert episodes recorded
+    preset: str  # --init-small preset
+    sft_steps: int
+    batch_size: int
+    lr: float
+    eval_episodes: int
+    eval_envs: int  # parallel envs during evaluation
+    rl_updates: int
+    rl_envs: int
+    rl_rollouts: int  # episodes per update
+    rl_lr: float
+    max_steps: int  # episode horizon (the expert needs ~71 steps)
+
+
+QUICK = Scale(demos=40, preset="small-cpu", sft_steps=400, batch_size=16, lr=3e-4, eval_episodes=100, eval_envs=10,
+              rl_updates=4, rl_envs=2, rl_rollouts=2, rl_lr=1e-4, max_steps=100)
+FULL = Scale(demos=200, preset="small", sft_steps=6000, batch_size=64, lr=3e-4, eval_episodes=200, eval_envs=20,
+             rl_updates=200, rl_envs=8, rl_rollouts=16, rl_lr=1e-4, max_steps=100)
+
+
+class StepIncomplete(RuntimeError):
+    """A sub-command hit the per-invocation time limit; its progress is checkpointed."""
+
+
+def run(cmd: list[str], timeout: float, log_path: Path) -> dict[str, Any]:
+    """Run one project command; its stderr goes to ``log_path``; returns its last-line JSON."""
+    print("$", " ".join(cmd), flush=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as err:
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise StepIncomplete(f"stopped after {timeout:.0f} s (progress is checkpointed); run the same command "
+                                 "again to continue") from exc
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} ... exited {proc.returncode}; see {log_path}")
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    result: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+    return result
+
+
+class Workflow:
+    def __init__(self, work: Path, scale: Scale, device: str, step_seconds: float, docs: Path) -> None:
+        self.work, self.scale, self.device, self.step_seconds, self.docs = work, scale, device, step_seconds, docs
+        self.py = sys.executable
+        self.cli = [self.py, "-m", "crane_x7_vla.cli"]
+        self.rl_cli = [self.py, "-m", "crane_x7_vla_rl.training.cli"]
+        self.logs = work / "logs"
+
+    # ------------------------------------------------------------------ steps
+    def data(self) -> None:
+        demos = self.work / "demos"
+        have = len(json.loads((demos / "meta.json").read_text())["episodes"]) if (demos / "meta.json").is_file() else 0
+        if have >= self.scale.demos:
+            print(f"data: {have} episodes already in {demos}")
+            return
+        # Recording appends: continue at the next seed so every episode is distinct.
+        out = run([*self.cli, "expert", "--simulator", "mujoco", "--episodes", str(self.scale.demos - have),
+                   "--seed", str(have), "--record", str(demos), "--json"], self.step_seconds, self.logs / "data.log")
+        print(f"data: {out['successes']}/{out['episodes']} expert successes in {out['seconds']} s")
+
+    def sft(self) -> None:
+        run_dir = self.work / "sft"
+        state = run_dir / "checkpoint_latest" / "sft_state.json"
+        if state.is_file() and json.loads(state.read_text())["step"] >= self.scale.sft_steps:
+            print(f"sft: done ({state})")
+            return
+        budget = ["--max-seconds", str(max(self.step_seconds - 60, 30))]  # leave time to load and save
+        if state.is_file():
+            cmd = [*self.cli, "sft", "--resume", str(run_dir), "--steps", str(self.scale.sft_steps), *budget]
+        else:
+            cmd = [*self.cli, "sft", "--demos", str(self.work / "demos"), "--init-small", self.scale.preset,
+                   "--output", str(run_dir), "--steps", str(self.scale.sft_steps), "--batch-size",
+                   str(self.scale.batch_size), "--lr", str(self.scale.lr), "--device", self.device, *budget]
+        out = run(cmd, self.step_seconds + 120, self.logs / "sft.log")
+        print(f"sft: step {out['step']}/{out['steps']} loss {out['loss']:.4f} ({out['seconds']} s)")
+        if not out["done"]:
+            raise StepIncomplete("sft stopped at its time budget; run the same command again to continue")
+
+    def _evaluate(self, name: str, checkpoint: Path) -> None:
+        target = self.work / f"{name}.json"
+        if target.is_file():
+            print(f"{name}: done ({target})")
+            return
+        out = run([*self.rl_cli, "evaluate", "--checkpoint", str(checkpoint), "--simulator", "mujoco",
+                   "--backend", "cpu", "--num-episodes", str(self.scale.eval_episodes), "--seed", str(EVAL_SEED),
+                   "--num-parallel-envs", str(self.scale.eval_envs), "--device", self.device],
+                  self.step_seconds, self.logs / f"{name}.log")
+        out["checkpoint"] = str(checkpoint)
+        out["videos"] = self._videos(name, checkpoint, out.get("episodes", []))
+        write_json_atomic(target, out)
+        print(f"{name}: success {out['successes']}/{out['num_episodes']} = {out['success_rate']:.3f} "
+              f"(95% CI {out['ci95_low']:.3f}-{out['ci95_high']:.3f})")
+
+    def _videos(self, name: str, checkpoint: Path, episodes: list[dict[str, Any]]) -> dict[str, str]:
+        """Replay one successful and one failed evaluation episode (same seed, batch 1) as mp4."""
+        videos: dict[str, str] = {}
+        for outcome in ("success", "failure"):
+            ep = next((e for e in episodes if bool(e.get("success")) == (outcome == "success") and "seed" in e), None)
+            if ep is None:
+                continue
+            vdir = self.work / f"{name}_videos" / outcome
+            try:
+                run([*self.rl_cli, "evaluate", "--checkpoint", str(checkpoint), "--simulator", "mujoco",
+                     "--backend", "cpu", "--num-episodes", "1", "--seed", str(ep["seed"]), "--num-parallel-envs",
+                     "1", "--num-videos", "1", "--video-dir", str(vdir), "--device", self.device],
+                    self.step_seconds, self.logs / f"{name}.log")
+            except (RuntimeError, StepIncomplete) as exc:  # a missing video must not lose the evaluation
+                print(f"{name}: could not record the {outcome} video: {exc}")
+                continue
+            found = sorted(vdir.glob("*.mp4"))
+            if found:
+                videos[outcome] = str(found[0])
+        return videos
+
+    def eval_sft(self) -> None:
+        self._evaluate("eval_sft", self.work / "sft" / "checkpoint_latest")
+
+    def rl(self) -> None:
+        out_dir = self.work / "rl"
+        latest = out_dir / RL_NAME / "checkpoint_latest"
+        state = latest / "trainer_state.json"
+        done = json.loads(state.read_text()).get("update", 0) if state.is_file() else 0
+        if done >= self.scale.rl_updates:
+            print(f"rl: done ({latest})")
+            return
+        s = self.scale
+        config = self.work / "rl_config.yaml"
+        if not config.is_file():
+            with atomic_path(config) as tmp:
+                tmp.write_text(rl_yaml(s, self.device))
+        cmd = [*self.rl_cli, "train", "--config", str(config), "--output-dir", str(out_dir),
+               "--experiment-name", RL_NAME, "--num-updates", str(s.rl_updates)]
+        cmd += ["--resume", str(latest)] if latest.is_dir() else ["--sft-checkpoint", str(self.work / "sft" /
+                                                                                      "checkpoint_latest")]
+        out = run(cmd, self.step_seconds, self.logs / "rl.log")
+        print(f"rl: {json.dumps({k: out.get(k) for k in ('run_dir', 'updates', 'best_success')})}")
+
+    def eval_rl(self) -> None:
+        self._evaluate("eval_rl", self.work / "rl" / RL_NAME / "checkpoint_latest")
+
+    def report(self) -> None:
+        rows = []
+        for name, label in (("eval_sft", "SFT (small VLA from scratch)"), ("eval_rl", "SFT + PPO")):
+            f = self.work / f"{name}.json"
+            if f.is_file():
+                rows.append((label, json.loads(f.read_text())))
+        if not rows:
+            raise RuntimeError("report: no evaluation yet; run eval-sft (and eval-rl) first")
+        assets = self.docs / "results"
+        assets.mkdir(parents=True, exist_ok=True)
+        plot = assets / "success_vs_update.png"
+        metrics = self.work / "rl" / RL_NAME / "metrics.jsonl"
+        sft_rate = rows[0][1]["success_rate"]
+        plot_success(metrics, sft_rate, plot)
+        copied = []
+        for label, r in rows:
+            for outcome, src in r.get("videos", {}).items():
+                dst = assets / f"{'rl' if 'PPO' in label else 'sft'}_{outcome}.mp4"
+                with atomic_path(dst, suffix=".mp4") as tmp:
+                    shutil.copyfile(src, tmp)
+                copied.append(dst.name)
+        sft_state = json.loads((self.work / "sft" / "checkpoint_latest" / "sft_state.json").read_text())
+        table = [f"Scale: `{json.dumps(asdict(self.scale))}`, device `{self.device}`, SFT steps "
+                 f"{sft_state['step']}, measured {time.strftime('%Y-%m-%d')}.", "",
+                 "| policy | success | 95% CI (Wilson) | episodes | mean return |", "|---|---|---|---|---|"]
+        for label, r in rows:
+            table.append(f"| {label} | {r['successes']}/{r['num_episodes']} = {r['success_rate']:.3f} | "
+                         f"{r['ci95_low']:.3f} - {r['ci95_high']:.3f} | {r['num_episodes']} | "
+                         f"{r.get('mean_return', float('nan')):.3f} |")
+        table += ["", f"![success vs update](results/{plot.name})", ""]
+        table += [f"- video: [results/{name}](results/{name})" for name in copied]
+        update_section(self.docs / "results.md", "\n".join(table))
+        print(f"report: wrote {self.docs / 'results.md'} and {plot}")
+
+
+def rl_yaml(s: Scale, device: str) -> str:
+    cfg = {
+        "device": device, "num_updates": s.rl_updates, "log_interval": 1, "eval_interval": max(1, s.rl_updates // 4),
+        "save_interval": 1, "num_eval_episodes": max(4, s.eval_envs), "save_eval_videos": False,
+        "rollout": {"simulator": "mujoco", "backend": "cpu", "num_parallel_envs": s.rl_envs,
+                    "num_rollouts_per_update": s.rl_rollouts, "max_steps": s.max_steps, "reward_mode": "staged"},
+        "ppo": {"learning_rate": s.rl_lr, "minibatch_size": 16},
+    }
+    return json.dumps(cfg, indent=2) + "\n"  # JSON is valid YAML
+
+
+def plot_success(metrics: Path, sft_rate: float, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.axhline(sft_rate, color="gray", linestyle="--", label="SFT (eval)")
+    train = [(r["update"], r["charts/success_rate"]) for r in rows if "charts/success_rate" in r and "update" in r]
+    evals = [(r["update"], r["eval/success_rate"]) for r in rows if "eval/success_rate" in r and "update" in r]
+    if train:
+        ax.plot(*zip(*train, strict=True), marker=".", label="PPO rollouts")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), marker="o", label="PPO eval (greedy)")
+    ax.set(xlabel="PPO update", ylabel="success rate", ylim=(-0.02, 1.02), title="PickPlace-CRANE-X7 (MuJoCo)")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def update_section(path: Path, body: str) -> None:
+    """Replace the text between the markers of ``path`` (append the markers when missing)."""
+    text = path.read_text() if path.is_file() else "# Results\n"
+    block = f"{BEGIN}\n{body}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    write_text_atomic(path, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("steps", nargs="+", choices=(*STEPS, "all"), help="steps to run, in order")
+    p.add_argument("--quick", action="store_true", help="reduced CPU scale (default: full GPU scale)")
+    p.add_argument("--work", type=Path, default=None, help="working directory (default outputs/learn_pick_place[_quick])")
+    p.add_argument("--device", default=None, help="torch device (default cpu with --quick, else cuda)")
+    p.add_argument("--step-seconds", type=float, default=600.0, help="time limit of one sub-command (default 600)")
+    p.add_argument("--docs", type=Path, default=REPO / "docs", help="where results.md and results/ go")
+    for field in Scale.__dataclass_fields__:  # every scale value can be overridden, e.g. --sft-steps 100
+        kind: type = str if field == "preset" else float if field.endswith("lr") else int
+        p.add_argument(f"--{field.replace('_', '-')}", type=kind, default=None, help="override the scale's value")
+    args = p.parse_args(argv)
+    base = QUICK if args.quick else FULL
+    scale = Scale(**{k: getattr(args, k) if getattr(args, k) is not None else v for k, v in asdict(base).items()})
+    work = args.work or REPO / "outputs" / ("learn_pick_place_quick" if args.quick else "learn_pick_place")
+    device = args.device or ("cpu" if args.quick else "cuda")
+    flow = Workflow(work, scale, device, args.step_seconds, args.docs)
+    steps = STEPS if "all" in args.steps else tuple(s for s in STEPS if s in args.steps)
+    for step in steps:
+        t0 = time.perf_counter()
+        try:
+            getattr(flow, step.replace("-", "_"))()
+        except StepIncomplete as exc:
+            print(f"{step}: {exc}", file=sys.stderr)
+            return 3
+        except (RuntimeError, FileNotFoundError, ValueError) as exc:
+            print(f"{step}: {exc}", file=sys.stderr)
+            return 1
+        print(f"[{step}] {time.perf_counter() - t0:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
