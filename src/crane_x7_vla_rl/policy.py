@@ -93,6 +93,11 @@ class VLAActorCritic(nn.Module):
                                       target_modules=targets, bias="none",
                                       base_model_name_or_path=base_source or None)
         self.vla = inject_adapter_in_model(self.lora_config, vla)
+        # peft creates the adapters in the base dtype (bf16 on GPU); at lr 1e-5 bf16 weights round the updates
+        # away, so keep LoRA weights (and hence AdamW state) in fp32. peft casts inputs to the adapter dtype and
+        # autocast keeps the matmuls in bf16.
+        for p in self.lora_parameters():
+            p.data = p.data.float()
         hidden = _hidden_size(vla)
         ref = next(vla.parameters())
         self.value_head = ValueHead(hidden, value_head_hidden).to(ref.device)
