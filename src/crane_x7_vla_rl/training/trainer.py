@@ -113,6 +113,8 @@ class Trainer:
 
         random.seed(config.seed)
         self.policy = build_policy(config, self.device)
+        if self.device.type == "cuda":
+            self._check_memory(config)
         if self.dist.rank > 0:
             distributed.seed_global_rngs(self.rank_seed)  # from here on, each rank draws its own streams
         self.sim = make_simulator(config, device=self.device if self.dist.enabled else None)
@@ -375,6 +377,23 @@ class Trainer:
             self.logger.close()
             self.sim.close()
         return last
+
+    def _check_memory(self, config: TrainConfig) -> None:
+        """Fail with the knob to turn (not an OOM trace mid-update) when the run cannot fit this GPU."""
+        from crane_x7_vla.models.config import OpenVLAConfig
+        from crane_x7_vla_rl.memory import MemoryConfig, ModelDims, check_fits
+
+        vla_config = getattr(self.policy.vla, "config", None)
+        if not isinstance(vla_config, OpenVLAConfig):
+            return  # the plan models OpenVLA; other families are not estimated
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        plan_config = MemoryConfig.from_train_config(
+            config, ModelDims.from_openvla_config(vla_config),
+            activation_checkpointing=self.policy.gradient_checkpointing,
+            num_rollouts_per_update=max(1, config.rollout.num_rollouts_per_update // self.dist.world_size),
+        )
+        plan = check_fits(plan_config, total)
+        log.info("memory plan: %s", plan.summary())
 
     def save(self, *, numbered: bool, best: bool) -> None:
         """Write the checkpoint once (rank 0) with every rank's RNG states; all ranks leave together."""
