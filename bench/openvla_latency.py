@@ -164,9 +164,9 @@ def main() -> None:
     if device == "cuda":
         result["peak_gb_all"] = torch.cuda.max_memory_allocated() / 1e9
 
-    # The engine's GPU normalisation must equal the CPU path exactly.
-    a = engine.prepare_inputs(images[:4], [INSTRUCTION] * 4).pixel_values.float()
-    b = model.prepare_inputs(images[:4], [INSTRUCTION] * 4).pixel_values.float()
+    # The on-device normalisation must equal the CPU path exactly.
+    a = model.image_transform.batch(images[:4], device).cpu()
+    b = model.image_transform.batch(images[:4], "cpu")
     result["gpu_preprocess_max_abs_diff"] = float((a - b).abs().max())
 
     # Agreement of greedy tokens (engine vs eager loop) on 16 different inputs.

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from crane_x7_vla.models.openvla import OpenVLA
-from crane_x7_vla.models.processing import ImageLike, ModelInputs, _resize, to_pil_rgb
+from crane_x7_vla.models.processing import ImageLike, ModelInputs
 
 
 def _next_pow2(n: int) -> int:
@@ -162,37 +162,9 @@ class OpenVLAEngine:
     ) -> np.ndarray:
         """Same contract as :meth:`OpenVLA.predict_action`: unnormalised actions (B, action_dim) float32."""
         dim = self.model.action_stats(unnorm_key).dim
-        inputs = self.prepare_inputs(images, instructions)
+        inputs = self.model.prepare_inputs(images, instructions)
         tokens = self.generate(inputs, dim)
         return self.model.decode_actions(tokens, unnorm_key)
-
-    def prepare_inputs(self, images: Sequence[ImageLike], instructions: Sequence[str]) -> ModelInputs:
-        """:meth:`OpenVLA.prepare_inputs` with the float normalisation moved to the GPU.
-
-        The PIL resize (the part that defines parity) stays on the CPU; only uint8 pixels cross the bus and the
-        ``(x / 255 - mean) / std`` arithmetic runs in float32 on the device, which is IEEE-identical to the CPU
-        path and saves ~10 ms of host time per 640x480 frame.
-        """
-        m = self.model
-        if self.device.type != "cuda" or len(m.config.vision_towers) == 0:
-            return m.prepare_inputs(images, instructions)
-        towers = m.config.vision_towers
-        strategy = m.config.image_resize_strategy
-        text = m.prepare_text(instructions) if hasattr(m, "prepare_text") else None
-        if text is None or len({t.image_size for t in towers}) != 1 or strategy == "letterbox":
-            return m.prepare_inputs(images, instructions)
-        if len(images) != len(instructions):
-            raise ValueError(f"got {len(images)} images but {len(instructions)} instructions; pass one of each per sample")
-        size = towers[0].image_size
-        pixels = np.stack([np.asarray(_resize(to_pil_rgb(im), size, strategy, (0, 0, 0))) for im in images])
-        x = torch.from_numpy(pixels).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
-        chans = []
-        for t in towers:
-            mean = torch.tensor(t.mean, device=self.device, dtype=torch.float32)[None, :, None, None]
-            std = torch.tensor(t.std, device=self.device, dtype=torch.float32)[None, :, None, None]
-            chans.append((x - mean) / std)
-        input_ids, attention_mask = text
-        return ModelInputs(torch.cat(chans, dim=1), input_ids.to(self.device), attention_mask.to(self.device))
 
     @torch.inference_mode()
     def generate(self, inputs: ModelInputs, action_dim: int) -> Tensor:

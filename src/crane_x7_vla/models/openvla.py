@@ -89,7 +89,7 @@ class OpenVLA(VLABase):
             raise ValueError(f"got {len(images)} images but {len(instructions)} instructions; pass one of each per sample")
         if len(images) == 0:
             raise ValueError("empty batch: pass at least one image and instruction")
-        pixel_values = torch.stack([self.image_transform(im) for im in images])  # [B,3T,H,W]
+        pixel_values = self.image_transform.batch(images, self.device)  # [B,3T,H,W], normalised on the device
         input_ids, attention_mask = self.prepare_text(instructions)
         return ModelInputs(pixel_values, input_ids, attention_mask).to(self.device)
 

@@ -107,19 +107,35 @@ class ImageTransform:
         self.towers = tuple(towers)
         self.strategy = strategy
 
-    def __call__(self, image: ImageLike) -> Tensor:
+    def resized(self, image: ImageLike) -> list[np.ndarray]:
+        """The PIL-resized uint8 [H,W,3] image each tower sees (fused towers share one resize)."""
         img = to_pil_rgb(image)
-        chans = []
-        resized: dict[tuple[int, tuple[int, int, int]], np.ndarray] = {}  # fused towers share one resize
+        cache: dict[tuple[int, tuple[int, int, int]], np.ndarray] = {}
+        out = []
         for t in self.towers:
             fill = (int(255 * t.mean[0]), int(255 * t.mean[1]), int(255 * t.mean[2]))
             key = (t.image_size, fill if self.strategy == "letterbox" else (0, 0, 0))
-            if key not in resized:
-                resized[key] = np.asarray(_resize(img, t.image_size, self.strategy, fill), dtype=np.float32)
-            pixels = resized[key]  # [H,W,3]
-            arr = (pixels / 255.0 - np.asarray(t.mean, np.float32)) / np.asarray(t.std, np.float32)
-            chans.append(arr.astype(np.float32).transpose(2, 0, 1))  # [3,H,W]
-        return torch.from_numpy(np.concatenate(chans, axis=0))
+            if key not in cache:
+                cache[key] = np.asarray(_resize(img, t.image_size, self.strategy, fill), dtype=np.uint8)
+            out.append(cache[key])
+        return out
+
+    def __call__(self, image: ImageLike) -> Tensor:
+        """[3*T, H, W] float32 on the CPU."""
+        return self.batch([image], torch.device("cpu"))[0]
+
+    def batch(self, images: Sequence[ImageLike], device: torch.device | str) -> Tensor:
+        """[B, 3*T, H, W] float32 on ``device``: only uint8 pixels cross the bus, and ``(x/255 - mean)/std`` runs
+        in float32 there (IEEE-identical on CPU and GPU, so a CUDA model sees exactly the CPU path's values)."""
+        per_image = [self.resized(im) for im in images]
+        chans = []
+        for i, t in enumerate(self.towers):
+            x = torch.from_numpy(np.stack([r[i] for r in per_image])).to(device)  # [B,H,W,3] uint8
+            x = x.permute(0, 3, 1, 2).float() / 255.0
+            mean = torch.tensor(t.mean, dtype=torch.float32, device=x.device)[None, :, None, None]
+            std = torch.tensor(t.std, dtype=torch.float32, device=x.device)[None, :, None, None]
+            chans.append((x - mean) / std)
+        return torch.cat(chans, dim=1)
 
 
 def prompt_token_ids(tokenizer: Any, prompt: str, underline_id: int) -> list[int]:
