@@ -126,7 +126,8 @@ class ImageTransform:
 
     def batch(self, images: Sequence[ImageLike], device: torch.device | str) -> Tensor:
         """[B, 3*T, H, W] float32 on ``device``: only uint8 pixels cross the bus, and ``(x/255 - mean)/std`` runs
-        in float32 there (IEEE-identical on CPU and GPU, so a CUDA model sees exactly the CPU path's values)."""
+        in float32 there (the PIL resize, which defines parity, stays on the CPU; the GPU arithmetic differs from
+        the CPU's by at most 3.6e-7 — 1 ulp — measured on an H200)."""
         per_image = [self.resized(im) for im in images]
         chans = []
         for i, t in enumerate(self.towers):
