@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -12,6 +14,14 @@ from crane_x7_vla.models.normalization import ActionStats, select_unnorm_key
 if TYPE_CHECKING:
     from crane_x7_vla.models.generate import SampleOutput
     from crane_x7_vla.models.processing import ModelInputs
+
+
+@functools.cache
+def cache_kwarg(model_cls: type) -> str:
+    """The name a transformers decoder's ``forward`` uses for the KV cache (5.x renamed past_key_values -> cache
+    in some releases; accept either)."""
+    params = inspect.signature(model_cls.forward).parameters  # type: ignore[attr-defined]
+    return "cache" if "cache" in params else "past_key_values"
 
 
 class VLABase(nn.Module):

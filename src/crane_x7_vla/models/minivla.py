@@ -12,8 +12,6 @@ in :mod:`.minivla_loading`; generation lives in :mod:`.generate` (shared with Op
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +21,7 @@ from torch import Tensor
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Model
 
 from crane_x7_vla.models.action_tokenizer import ActionTokenizer
-from crane_x7_vla.models.base import VLABase
+from crane_x7_vla.models.base import VLABase, cache_kwarg
 from crane_x7_vla.models.minivla_config import MiniVLAConfig
 from crane_x7_vla.models.minivla_processing import SampleImages, qwen_prompt_ids, sample_frames
 from crane_x7_vla.models.normalization import unnormalize
@@ -42,12 +40,6 @@ def qwen2_config(text_config: dict[str, Any]) -> Qwen2Config:
     cfg = Qwen2Config(**kw)
     cfg._attn_implementation = "sdpa"
     return cfg
-
-
-@functools.cache
-def _cache_kwarg() -> str:
-    params = inspect.signature(Qwen2Model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def splice_patches(text: Tensor, attention_mask: Tensor, patches: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -172,7 +164,7 @@ class MiniVLA(VLABase):
 
     def llm_hidden(self, embeds: Tensor, mask: Tensor, position_ids: Tensor, cache: Any = None) -> Tensor:
         """Qwen2 trunk: embeds [B,T,H] -> last-layer (post-norm) hidden states [B,T,H]; fills ``cache`` if given."""
-        kwargs: dict[str, Any] = {_cache_kwarg(): cache, "use_cache": cache is not None}
+        kwargs: dict[str, Any] = {cache_kwarg(Qwen2Model): cache, "use_cache": cache is not None}
         out = self.language_model.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, **kwargs)
         return out.last_hidden_state  # type: ignore[no-any-return]
 

@@ -9,8 +9,6 @@ saving in :mod:`.loading`; the methods here that mention them are thin delegatio
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +18,7 @@ from torch import Tensor
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 
 from crane_x7_vla.models.action_tokenizer import ActionTokenizer
-from crane_x7_vla.models.base import VLABase
+from crane_x7_vla.models.base import VLABase, cache_kwarg
 from crane_x7_vla.models.config import OpenVLAConfig
 from crane_x7_vla.models.normalization import unnormalize
 from crane_x7_vla.models.processing import (
@@ -45,13 +43,6 @@ def llama_config(text_config: dict[str, Any]) -> LlamaConfig:
     cfg = LlamaConfig(**kw)
     cfg._attn_implementation = "sdpa"
     return cfg
-
-
-@functools.cache
-def _cache_kwarg() -> str:
-    # transformers 5.x renamed past_key_values -> cache in some releases; accept either.
-    params = inspect.signature(LlamaModel.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 class OpenVLA(VLABase):
@@ -133,7 +124,7 @@ class OpenVLA(VLABase):
         self, embeds: Tensor, mask: Tensor, position_ids: Tensor, cache: Any = None
     ) -> Tensor:
         """Llama trunk: embeds [B,T,H] -> last-layer (post-norm) hidden states [B,T,H]; fills ``cache`` if given."""
-        kwargs: dict[str, Any] = {_cache_kwarg(): cache, "use_cache": cache is not None}
+        kwargs: dict[str, Any] = {cache_kwarg(LlamaModel): cache, "use_cache": cache is not None}
         out = self.language_model.model(
             inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, **kwargs
         )
