@@ -52,3 +52,12 @@ def test_oversize_batch_is_split(tiny_model: OpenVLA, images: list[np.ndarray]) 
 def test_cuda_graphs_need_cuda(tiny_model: OpenVLA) -> None:
     with pytest.raises(ValueError, match="CUDA"):
         OpenVLAEngine(tiny_model, use_cuda_graphs=True)
+
+
+def test_service_policy_interface(engine: OpenVLAEngine, tiny_model: OpenVLA, images: list[np.ndarray]) -> None:
+    """The inference service may call prepare_inputs + predict_from_inputs (timed separately) or predict_action."""
+    want = tiny_model.predict_action(images, INSTRUCTIONS)
+    inputs = engine.prepare_inputs(images, INSTRUCTIONS)
+    np.testing.assert_array_equal(engine.predict_from_inputs(inputs), want)
+    np.testing.assert_array_equal(engine.predict_action(images, INSTRUCTIONS), want)
+    np.testing.assert_array_equal(tiny_model.predict_from_inputs(tiny_model.prepare_inputs(images, INSTRUCTIONS)), want)

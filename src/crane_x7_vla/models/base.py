@@ -66,3 +66,9 @@ class VLABase(nn.Module):
         from crane_x7_vla.models.generate import action_token_log_probs
 
         return action_token_log_probs(self, inputs, tokens, temperature)  # type: ignore[arg-type]
+
+    def predict_from_inputs(self, inputs: ModelInputs, unnorm_key: str | None = None) -> Any:
+        """Greedy actions (B, action_dim) float32 for inputs from ``prepare_inputs`` (lets callers time the two)."""
+        from crane_x7_vla.models.generate import greedy_action_tokens
+
+        return self.decode_actions(greedy_action_tokens(self, inputs), unnorm_key)  # type: ignore[attr-defined,arg-type,operator]

@@ -166,6 +166,16 @@ class OpenVLAEngine:
         tokens = self.generate(inputs, dim)
         return self.model.decode_actions(tokens, unnorm_key)
 
+    # The policy interface of the inference service (same names as the model's).
+    predict_action = predict
+
+    def prepare_inputs(self, images: Sequence[ImageLike], instructions: Sequence[str]) -> ModelInputs:
+        return self.model.prepare_inputs(images, instructions)
+
+    def predict_from_inputs(self, inputs: ModelInputs, unnorm_key: str | None = None) -> np.ndarray:
+        """Greedy actions (B, action_dim) for already prepared inputs."""
+        return self.model.decode_actions(self.generate(inputs, self.model.action_stats(unnorm_key).dim), unnorm_key)
+
     @torch.inference_mode()
     def generate(self, inputs: ModelInputs, action_dim: int) -> Tensor:
         """Greedy action token ids [B, action_dim] (argmax over the full vocabulary, as the release)."""
