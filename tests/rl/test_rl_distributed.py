@@ -76,6 +76,18 @@ def _columns(batch: RolloutBatch, cols: list[int]) -> RolloutBatch:
     return RolloutBatch(**kw, instructions=batch.instructions)
 
 
+def _use_sgd(trainer: Trainer) -> Trainer:
+    """Swap AdamW for plain SGD over the same parameter groups.
+
+    Adam's first step is ~lr * sign(g): a gradient element near zero flips with the last bit of a float sum, and
+    the 2-rank and 1-process sums are ordered differently, so an Adam comparison is flaky. SGD is linear in the
+    gradient, so any real difference in the averaged gradient still shows, while rounding stays at rounding level.
+    """
+    groups = [{"params": g["params"], "lr": g["lr"] * 100} for g in trainer.optimizer.param_groups]
+    trainer.optimizer = torch.optim.SGD(groups)
+    return trainer
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,7 +101,7 @@ def _rank_main(rank: int, world: int, port: int, ckpt: str, out: str) -> None:
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"})
     torch.set_num_threads(1)
     try:
-        trainer = Trainer(_config(Path(ckpt), Path(out) / f"rank{rank}"), progress=False)
+        trainer = _use_sgd(Trainer(_config(Path(ckpt), Path(out) / f"rank{rank}"), progress=False))
         full = _synthetic_batch(trainer)
         stats = trainer.update_policy(_columns(full, [2 * rank, 2 * rank + 1]), update=0)
         # Episode metrics over unequal shards: rank 0 holds 3 episodes (1 success), rank 1 one (1 success).
@@ -97,7 +109,7 @@ def _rank_main(rank: int, world: int, port: int, ckpt: str, out: str) -> None:
         params = {k: v.clone() for k, v in trainer.policy.trainable_state_dict().items()}
         # GRPO (no critic): the value head is out of the loss, so DDP must not wait for its gradients. Each
         # rank's 2 episodes form one group, as they do in the combined batch (group = one segment's 2 envs).
-        grpo = Trainer(_config(Path(ckpt), Path(out) / f"grpo{rank}", "grpo"), progress=False)
+        grpo = _use_sgd(Trainer(_config(Path(ckpt), Path(out) / f"grpo{rank}", "grpo"), progress=False))
         grpo.update_policy(_columns(_synthetic_batch(grpo), [2 * rank, 2 * rank + 1]), update=0)
         torch.save({"params": params, "stats": stats, "metrics": metrics, "valid": valid,
                     "rank_seed": trainer.rank_seed, "grpo_lora": {k: v.clone() for k, v in
@@ -117,7 +129,7 @@ def two_rank_results(rl_tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactor
 
 def test_two_ranks_match_one_process_over_the_combined_batch(
         two_rank_results: list[dict[str, Any]], rl_tiny_ckpt: Path, tmp_path: Path) -> None:
-    single = Trainer(_config(rl_tiny_ckpt, tmp_path), progress=False)
+    single = _use_sgd(Trainer(_config(rl_tiny_ckpt, tmp_path), progress=False))
     assert not single.dist.enabled
     before = {k: v.clone() for k, v in single.policy.trainable_state_dict().items()}
     stats = single.update_policy(_synthetic_batch(single), update=0)
@@ -138,7 +150,7 @@ def test_two_ranks_match_one_process_over_the_combined_batch(
 
 def test_grpo_two_ranks_match_one_process(two_rank_results: list[dict[str, Any]], rl_tiny_ckpt: Path,
                                          tmp_path: Path) -> None:
-    single = Trainer(_config(rl_tiny_ckpt, tmp_path, "grpo"), progress=False)
+    single = _use_sgd(Trainer(_config(rl_tiny_ckpt, tmp_path, "grpo"), progress=False))
     before = {k: v.clone() for k, v in single.policy.trainable_state_dict().items()}
     single.update_policy(_synthetic_batch(single), update=0)
     after = single.policy.trainable_state_dict()
