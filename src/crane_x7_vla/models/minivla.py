@@ -153,11 +153,8 @@ class MiniVLA(VLABase):
 
     def embed_multimodal(self, inputs: ModelInputs) -> tuple[Tensor, Tensor, Tensor]:
         """[emb(<|im_start|>), patches of every frame, emb(rest)] -> (embeds [B,T,H], mask [B,T], position_ids [B,T])."""
+        inputs.check_left_padded()
         input_ids, attention_mask = inputs.input_ids, inputs.attention_mask
-        if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
-            raise ValueError(f"input_ids {tuple(input_ids.shape)} / attention_mask {tuple(attention_mask.shape)} must be equal [B, L]")
-        if not bool(attention_mask[:, -1].all()):
-            raise ValueError("ModelInputs must be left-padded (last column all real tokens); build them with prepare_inputs")
         patches = self.embed_images(inputs.pixel_values)
         text = self.language_model.model.embed_tokens(input_ids)  # [B,L,H]
         return splice_patches(text, attention_mask, patches)

@@ -18,7 +18,13 @@ from typing import Any
 import torch
 
 from crane_x7_vla.models.minivla import MiniVLA
-from crane_x7_vla.models.minivla_config import KNOWN_BASE_VLMS, NUM_EXTRA_TOKENS, MiniVLAConfig, tower_dicts
+from crane_x7_vla.models.minivla_config import (
+    KNOWN_BASE_VLMS,
+    KNOWN_LLMS,
+    NUM_EXTRA_TOKENS,
+    MiniVLAConfig,
+    tower_dicts,
+)
 from crane_x7_vla.models.minivla_loading import add_extra_tokens, save_minivla
 from crane_x7_vla.models.tiny import crane_x7_dataset_statistics, tiny_vision_towers
 from crane_x7_vla.models.vq import ActionVQ, VQConfig
@@ -30,22 +36,15 @@ QWEN_SPECIALS = (
     "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>",
     "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
 )
+# The published Qwen2.5-0.5B geometry with tiny widths and depth (ids, RoPE, ties and norms unchanged).
 TINY_QWEN_TEXT_CONFIG: dict[str, Any] = {
     "model_type": "qwen2",
-    "vocab_size": 151936,
+    **KNOWN_LLMS["qwen25-0_5b-extra"][1],
     "hidden_size": 32,
     "intermediate_size": 64,
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
-    "hidden_act": "silu",
-    "max_position_embeddings": 32768,
-    "rms_norm_eps": 1e-6,
-    "rope_theta": 1000000.0,
-    "tie_word_embeddings": True,
-    "use_sliding_window": False,
-    "bos_token_id": 151643,
-    "eos_token_id": 151643,
 }
 VQ_TOKENIZER = "libero_vq_extra_action_tokenizer"
 BIN_TOKENIZER = "extra_action_tokenizer"

@@ -49,6 +49,14 @@ class ModelInputs:
     def batch_size(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def check_left_padded(self) -> None:
+        """Raise unless ids and mask are equal [B, L] and left-padded (what the multimodal embedding assumes)."""
+        if self.input_ids.ndim != 2 or self.attention_mask.shape != self.input_ids.shape:
+            raise ValueError(f"input_ids {tuple(self.input_ids.shape)} / attention_mask "
+                             f"{tuple(self.attention_mask.shape)} must be equal [B, L]")
+        if not bool(self.attention_mask[:, -1].all()):
+            raise ValueError("ModelInputs must be left-padded (last column all real tokens); build them with prepare_inputs")
+
 
 def build_prompt(instruction: str, style: str = "pure") -> str:
     if not isinstance(instruction, str) or not instruction.strip():
