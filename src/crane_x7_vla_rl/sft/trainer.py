@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from crane_x7_vla_rl.sft.dataset import (
     build_example,
     right_pad,
 )
+from crane_x7_vla_rl.training.checkpoint import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -296,19 +296,6 @@ def _any_key(base: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(
@@ -323,7 +310,7 @@ def save_checkpoint(
             os.replace(f, tmp / f.name)
         weights.rmdir()
         state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": _rng_state(), "lora": _lora_state(model) if cfg.mode == "lora" else None}
+                 "rng": rng_state(), "lora": _lora_state(model) if cfg.mode == "lora" else None}
         torch.save(state, tmp / STATE_PT)
         (tmp / STATE_JSON).write_text(json.dumps({"step": step, "config": dataclasses.asdict(cfg)}, indent=2) + "\n")
     return target
@@ -387,7 +374,7 @@ def train(cfg: SFTConfig, resume: bool = False, progress: Callable[[dict[str, An
                 raise ValueError(f"{resume_dir}: LoRA state does not fit the base model ({missing.unexpected_keys[:2]})")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _restore_rng(state["rng"])
+        set_rng_state(state["rng"])
         step = int(state["step"])
     metrics = _read_metrics(out_dir / METRICS, step)
 
