@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +134,8 @@ def read_state_dict(files: list[Path], device: str | torch.device, dtype: torch.
     return out
 
 
-def _load_weights(model: OpenVLA, state: dict[str, Tensor], device: torch.device) -> None:
-    expected = model.state_dict()
+def check_state_matches(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> None:
+    """Raise a clear error unless ``state`` has exactly the expected keys, each with the expected shape."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -146,6 +147,10 @@ def _load_weights(model: OpenVLA, state: dict[str, Tensor], device: torch.device
     if bad:
         k = bad[0]
         raise ValueError(f"weight {k} has shape {tuple(state[k].shape)}, the config implies {tuple(expected[k].shape)}")
+
+
+def _load_weights(model: OpenVLA, state: dict[str, Tensor], device: torch.device) -> None:
+    check_state_matches(model.state_dict(), state)
     model.load_state_dict(state, strict=True, assign=True)
     # Non-persistent buffers (RoPE inv_freq) are not in the file: rebuild them on the real device.
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding

@@ -224,18 +224,9 @@ def _load_weights(model: MiniVLA, state: dict[str, Tensor], device: torch.device
         raise ValueError("the LLM config ties lm_head to the embedding, but the checkpoint's lm_head differs")
     if tied:
         state.pop(head, None)  # the tie is restored below
-    expected = {k: v for k, v in model.state_dict().items() if not (tied and k == head)}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint weights do not match the config: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); is config.json from the same run?"
-        )
-    bad = [k for k, v in expected.items() if tuple(v.shape) != tuple(state[k].shape)]
-    if bad:
-        k = bad[0]
-        raise ValueError(f"weight {k} has shape {tuple(state[k].shape)}, the config implies {tuple(expected[k].shape)}")
+    from crane_x7_vla.models.loading import check_state_matches  # loading dispatches here: import late
+
+    check_state_matches({k: v for k, v in model.state_dict().items() if not (tied and k == head)}, state)
     state = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
     lm = model.language_model
