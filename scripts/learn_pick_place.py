@@ -62,8 +62,8 @@ class Scale:
 
 QUICK = Scale(demos=40, preset="small-cpu", sft_steps=400, batch_size=16, lr=3e-4, eval_episodes=100, eval_envs=10,
               rl_updates=4, rl_envs=2, rl_rollouts=2, rl_lr=1e-4, max_steps=100)
-FULL = Scale(demos=200, preset="small", sft_steps=6000, batch_size=64, lr=3e-4, eval_episodes=200, eval_envs=20,
-             rl_updates=200, rl_envs=8, rl_rollouts=16, rl_lr=1e-4, max_steps=100)
+FULL = Scale(demos=200, preset="small", sft_steps=3000, batch_size=64, lr=3e-4, eval_episodes=200, eval_envs=25,
+             rl_updates=40, rl_envs=16, rl_rollouts=16, rl_lr=1e-4, max_steps=100)
 
 
 class StepIncomplete(RuntimeError):
@@ -228,7 +228,7 @@ def rl_yaml(s: Scale, device: str) -> str:
         "save_interval": 1, "num_eval_episodes": max(4, s.eval_envs), "save_eval_videos": False,
         "rollout": {"simulator": "mujoco", "backend": "cpu", "num_parallel_envs": s.rl_envs,
                     "num_rollouts_per_update": s.rl_rollouts, "max_steps": s.max_steps, "reward_mode": "staged"},
-        "ppo": {"learning_rate": s.rl_lr, "minibatch_size": 16},
+        "ppo": {"learning_rate": s.rl_lr, "minibatch_size": 64},
     }
     return json.dumps(cfg, indent=2) + "\n"  # JSON is valid YAML
 

@@ -14,8 +14,16 @@ import torch
 from crane_x7_vla.models.loading import load_vla
 from crane_x7_vla.models.processing import build_prompt, prompt_token_ids, underline_token_id
 from crane_x7_vla_rl.sft import trainer as sft_trainer
-from crane_x7_vla_rl.sft.dataset import IGNORE_INDEX, DemoFrames, build_example, right_pad
-from crane_x7_vla_rl.sft.trainer import LATEST, METRICS, SFTConfig, SmallModelSpec, forward_hidden, train
+from crane_x7_vla_rl.sft.dataset import IGNORE_INDEX, DemoFrames, build_example, random_shift, right_pad
+from crane_x7_vla_rl.sft.trainer import (
+    LATEST,
+    METRICS,
+    SFTConfig,
+    SmallModelSpec,
+    forward_hidden,
+    resized_frames,
+    train,
+)
 
 INSTRUCTION = "pick up the object and place it"
 
@@ -165,3 +173,27 @@ def test_cli_reports_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "not a demo dataset" in capsys.readouterr().err
     assert main(["sft", "--resume", str(tmp_path / "nothing")]) == 2
     assert "--resume takes the --output directory" in capsys.readouterr().err
+
+
+def test_random_shift_is_an_edge_padded_translation_and_resume_exact() -> None:
+    x = torch.arange(2 * 6 * 5 * 1, dtype=torch.uint8).reshape(2, 6, 5, 1)
+    out = random_shift(x, pad=2, seed=3, step=7)
+    assert torch.equal(out, random_shift(x, pad=2, seed=3, step=7))  # a function of (seed, step) only
+    assert torch.equal(random_shift(x, pad=0, seed=3, step=7), x)
+    gen = torch.Generator().manual_seed(3 * 1_000_003 + 7)
+    off = torch.randint(0, 5, (2, 2), generator=gen) - 2
+    for b in range(2):  # by hand: out[b, i, j] = x[b, clamp(i + dy), clamp(j + dx)]
+        dy, dx = int(off[b, 0]), int(off[b, 1])
+        for i in range(6):
+            for j in range(5):
+                assert out[b, i, j, 0] == x[b, min(max(i + dy, 0), 5), min(max(j + dx, 0), 4), 0]
+    shifts = {tuple(random_shift(x, 2, 0, s)[0, :, :, 0].flatten().tolist()) for s in range(20)}
+    assert len(shifts) > 5  # offsets really vary per step
+
+
+def test_sft_pixels_equal_the_runtime_preprocessing(rl_tiny_ckpt: Path) -> None:
+    model = load_vla(rl_tiny_ckpt, device="cpu")
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(3, 50, 70, 3), dtype=np.uint8)  # not the towers' size: resized once
+    pixels = resized_frames(model, frames, torch.device("cpu"))
+    assert torch.allclose(model.image_transform.normalize([pixels]), model.image_transform.batch(list(frames), "cpu"))

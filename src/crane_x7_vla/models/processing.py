@@ -137,14 +137,25 @@ class ImageTransform:
         in float32 there (the PIL resize, which defines parity, stays on the CPU; the GPU arithmetic differs from
         the CPU's by at most 3.6e-7 — 1 ulp — measured on an H200)."""
         per_image = [self.resized(im) for im in images]
+        return self.normalize([torch.from_numpy(np.stack([r[i] for r in per_image])).to(device)
+                               for i in range(len(self.towers))])
+
+    def normalize(self, pixels: Sequence[Tensor]) -> Tensor:
+        """Already-resized uint8 [B,H,W,3] pixels (one tensor per tower, or one shared by all) -> [B,3T,H,W]."""
+        if len(pixels) not in (1, len(self.towers)):
+            raise ValueError(f"normalize takes 1 or {len(self.towers)} pixel tensors, got {len(pixels)}")
         chans = []
         for i, t in enumerate(self.towers):
-            x = torch.from_numpy(np.stack([r[i] for r in per_image])).to(device)  # [B,H,W,3] uint8
-            x = x.permute(0, 3, 1, 2).float() / 255.0
+            x = pixels[i if len(pixels) > 1 else 0].permute(0, 3, 1, 2).float() / 255.0  # [B,3,H,W]
             mean = torch.tensor(t.mean, dtype=torch.float32, device=x.device)[None, :, None, None]
             std = torch.tensor(t.std, dtype=torch.float32, device=x.device)[None, :, None, None]
             chans.append((x - mean) / std)
         return torch.cat(chans, dim=1)
+
+    def shared_size(self) -> int | None:
+        """The input size every tower shares (so one resized frame serves all), or None when they differ."""
+        sizes = {t.image_size for t in self.towers}
+        return sizes.pop() if len(sizes) == 1 else None
 
 
 def prompt_token_ids(tokenizer: Any, prompt: str, underline_id: int) -> list[int]:

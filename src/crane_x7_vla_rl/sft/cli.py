@@ -40,6 +40,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-episodes", type=int, default=None, help="use at most this many episodes")
     parser.add_argument("--log-every", type=int, default=None, help="log every N steps (default 10)")
     parser.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default 200)")
+    parser.add_argument("--image-shift", type=int, default=None, metavar="PX",
+                        help="random-shift augmentation of up to +-PX pixels (default 8; 0 turns it off)")
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="checkpoint and stop after this wall time; rerun with --resume to continue")
     parser.add_argument("--resume", metavar="OUT", default=None,
@@ -53,7 +55,7 @@ def _config(args: argparse.Namespace) -> SFTConfig:
     given = {
         "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
         "unnorm_key": args.unnorm_key, "max_episodes": args.max_episodes, "log_every": args.log_every,
-        "save_every": args.save_every, "max_seconds": args.max_seconds,
+        "save_every": args.save_every, "max_seconds": args.max_seconds, "image_shift": args.image_shift,
         "lr": args.lr if args.lr is not None else (5e-4 if mode == "lora" else None),
     }
     if args.all_episodes:

@@ -143,3 +143,20 @@ def batch_indices(seed: int, step: int, num_frames: int, batch_size: int) -> NDA
         raise ValueError("no frames to sample from")
     rng = np.random.default_rng([seed, step])
     return rng.choice(num_frames, size=batch_size, replace=batch_size > num_frames).astype(np.int64)
+
+
+def random_shift(pixels: Tensor, pad: int, seed: int, step: int) -> Tensor:
+    """DrQ-style augmentation: each uint8 [B,H,W,C] frame is edge-padded by ``pad`` px and cropped back at a random
+    offset (a shift of up to +-pad px, scale unchanged, so inference needs no matching transform). The offsets are
+    a function of (seed, step) only, so a resumed run sees exactly the uninterrupted run's crops."""
+    if pad <= 0:
+        return pixels
+    b, h, w, _ = pixels.shape
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    off = torch.randint(0, 2 * pad + 1, (b, 2), generator=gen).to(pixels.device)  # [B,2] (dy, dx)
+    # replicate-pad H and W: F.pad's replicate mode wants float [B,C,H,W], so index-clamp instead (exact on uint8).
+    rows = (torch.arange(h, device=pixels.device)[None, :] + off[:, :1] - pad).clamp(0, h - 1)  # [B,H]
+    cols = (torch.arange(w, device=pixels.device)[None, :] + off[:, 1:] - pad).clamp(0, w - 1)  # [B,W]
+    batch = torch.arange(b, device=pixels.device)[:, None, None]
+    return pixels[batch, rows[:, :, None], cols[:, None, :]]  # [B,H,W,C]
+

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from crane_x7_vla.models.action_tokenizer import ActionTokenizer
@@ -48,6 +49,7 @@ from crane_x7_vla_rl.sft.dataset import (
     action_token_ids,
     batch_indices,
     build_example,
+    random_shift,
     right_pad,
 )
 from crane_x7_vla_rl.training.checkpoint import rng_state, set_rng_state
@@ -217,6 +219,7 @@ class SFTConfig:
     log_every: int = 10
     save_every: int = 200
     max_seconds: float | None = None  # stop (and checkpoint) after this much wall time; resume continues
+    image_shift: int = 8  # random-shift augmentation in px (0: off); see dataset.random_shift
 
     def __post_init__(self) -> None:
         if (self.base is None) == (self.init_small is None):
@@ -225,11 +228,27 @@ class SFTConfig:
             raise ValueError(f"unknown --init-small preset {self.init_small!r}; choose one of {sorted(SMALL_PRESETS)}")
         if self.mode not in ("lora", "full"):
             raise ValueError(f"mode must be 'lora' or 'full', got {self.mode!r}")
+        if not 0 <= self.image_shift < 64:
+            raise ValueError(f"--image-shift must be in 0..63 px, got {self.image_shift}")
         for name in ("steps", "batch_size", "log_every", "save_every", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
+
+
+def resized_frames(model: OpenVLA, images: NDArray[np.uint8], device: torch.device) -> Tensor:
+    """All demo frames resized to the towers' input size ONCE (the runtime's PIL resize, so training sees the
+    pixels inference sees) and moved to ``device`` as uint8 [N,S,S,3]: per step only indexing, the shift and the
+    normalisation run, on the device (the per-frame PIL path capped a GPU at CPU speed)."""
+    size = model.image_transform.shared_size()
+    if size is None:
+        raise ValueError("sft needs vision towers that share one input size (every published OpenVLA does)")
+    if model.image_transform.strategy != "resize-naive" and images.shape[1] != images.shape[2]:
+        raise ValueError("sft resizes frames once for all towers: record square frames or use resize-naive")
+    if images.shape[1:] != (size, size, 3):
+        images = np.stack([model.image_transform.resized(im)[0] for im in images])
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -386,6 +405,7 @@ def train(cfg: SFTConfig, resume: bool = False, progress: Callable[[dict[str, An
     underline = underline_token_id(tok)
     prompts = {t: prompt_token_ids(tok, build_prompt(t, model.prompt_style), underline) for t in set(frames.instructions)}
     eos = int(tok.eos_token_id)
+    pixels = resized_frames(model, frames.images, device)  # [N,S,S,3] uint8, resized once, kept on the device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     n_params = count_parameters(model)
@@ -398,7 +418,8 @@ def train(cfg: SFTConfig, resume: bool = False, progress: Callable[[dict[str, An
     stopped_early = False
     while step < cfg.steps:
         idx = batch_indices(cfg.seed, step, len(frames), cfg.batch_size)
-        pixel_values = torch.stack([model.image_transform(frames.images[i]) for i in idx]).to(device)  # [B,3T,H,W]
+        batch_pixels = random_shift(pixels[torch.from_numpy(idx).to(device)], cfg.image_shift, cfg.seed, step)
+        pixel_values = model.image_transform.normalize([batch_pixels])  # [B,3T,H,W] float32
         input_ids, attention_mask, labels = right_pad(
             [build_example(prompts[frames.instructions[i]], tokens[i].tolist(), eos) for i in idx], model.config.pad_token_id)
         with autocast:

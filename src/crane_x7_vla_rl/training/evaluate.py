@@ -85,8 +85,17 @@ def video_name(update: int | None, episode: int, success: bool) -> str:
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None:
-    """Write (H, W, 3) uint8 frames as an mp4, atomically."""
+    """Write (H, W, 3) uint8 frames as an mp4 (H.264 through imageio-ffmpeg), atomically.
+
+    GPU images often ship OpenCV but not imageio-ffmpeg (whose wheel is ~70 MB of ffmpeg): there the video is
+    written by OpenCV's own encoder (MPEG-4 part 2, plays everywhere except in browsers) instead of failing the run.
+    """
     if not frames:
+        return
+    try:
+        import imageio_ffmpeg  # noqa: F401  (imageio's FFMPEG plugin needs it; probe before opening a writer)
+    except ImportError:
+        _write_video_cv2(path, frames, fps)
         return
     import imageio.v2 as imageio
 
@@ -96,6 +105,24 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None
     ) as writer:
         for f in frames:
             writer.append_data(np.ascontiguousarray(f, dtype=np.uint8))  # type: ignore[attr-defined]
+
+
+def _write_video_cv2(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    try:
+        import cv2
+    except ImportError as exc:
+        raise RuntimeError("writing evaluation videos needs imageio-ffmpeg (pip install imageio-ffmpeg) or "
+                           "OpenCV; install one, or turn videos off (save_eval_videos: false)") from exc
+    h, w = frames[0].shape[:2]
+    with atomic_path(path, suffix=".mp4") as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
+        if not writer.isOpened():
+            raise RuntimeError(f"OpenCV could not open an mp4 writer for {path}; install imageio-ffmpeg")
+        try:
+            for f in frames:
+                writer.write(np.ascontiguousarray(f[..., ::-1], dtype=np.uint8))  # OpenCV wants BGR
+        finally:
+            writer.release()
 
 
 def save_videos(results: list[EpisodeResult], directory: Path, update: int | None, fps: float) -> list[Path]:

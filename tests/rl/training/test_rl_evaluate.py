@@ -1,10 +1,14 @@
-"""Pure evaluation statistics: the Wilson interval and video naming."""
+"""Evaluation statistics (the Wilson interval), video naming, and both mp4 writers read back."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 
-from crane_x7_vla_rl.training.evaluate import video_name, wilson_interval
+from crane_x7_vla_rl.training.evaluate import video_name, wilson_interval, write_video
 
 
 def test_wilson_known_values() -> None:
@@ -20,3 +24,25 @@ def test_wilson_known_values() -> None:
 def test_video_name_says_the_outcome() -> None:
     assert video_name(50, 3, True) == "eval_u0050_ep03_success.mp4"
     assert video_name(None, 0, False) == "eval_ep00_failure.mp4"
+
+
+@pytest.mark.parametrize("writer", ["imageio-ffmpeg", "opencv"])
+def test_write_video_round_trips(writer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cv2 = pytest.importorskip("cv2")
+    if writer == "opencv":
+        monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # as on a GPU image without imageio-ffmpeg
+    else:
+        pytest.importorskip("imageio_ffmpeg")
+    frames = [np.full((48, 64, 3), (40 * i, 255 - 40 * i, 128), dtype=np.uint8) for i in range(6)]
+    path = tmp_path / "v.mp4"
+    write_video(path, frames, fps=5)
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]  # no temp file left behind
+    cap = cv2.VideoCapture(str(path))
+    read = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        read.append(bgr[..., ::-1])
+    assert len(read) == 6 and read[0].shape == (48, 64, 3)
+    assert np.abs(read[-1].astype(int) - frames[-1]).mean() < 12  # colours survive (lossy codec), RGB order kept
