@@ -62,7 +62,7 @@ class Scale:
 
 QUICK = Scale(demos=40, preset="small-cpu", sft_steps=400, batch_size=16, lr=3e-4, eval_episodes=100, eval_envs=10,
               rl_updates=4, rl_envs=2, rl_rollouts=2, rl_lr=1e-4, max_steps=100)
-FULL = Scale(demos=200, preset="small", sft_steps=3000, batch_size=64, lr=3e-4, eval_episodes=200, eval_envs=25,
+FULL = Scale(demos=200, preset="small", sft_steps=5000, batch_size=128, lr=3e-4, eval_episodes=200, eval_envs=25,
              rl_updates=40, rl_envs=16, rl_rollouts=16, rl_lr=1e-4, max_steps=100)
 
 

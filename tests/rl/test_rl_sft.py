@@ -197,3 +197,15 @@ def test_sft_pixels_equal_the_runtime_preprocessing(rl_tiny_ckpt: Path) -> None:
     frames = rng.integers(0, 256, size=(3, 50, 70, 3), dtype=np.uint8)  # not the towers' size: resized once
     pixels = resized_frames(model, frames, torch.device("cpu"))
     assert torch.allclose(model.image_transform.normalize([pixels]), model.image_transform.batch(list(frames), "cpu"))
+
+
+def test_lr_warms_up_then_decays_by_cosine_to_the_floor(tmp_path: Path) -> None:
+    cfg = SFTConfig(demos="d", output=str(tmp_path), init_small="small-cpu", steps=1050, warmup_steps=50, lr=1e-3)
+    assert sft_trainer.lr_factor(0, cfg) == pytest.approx(1 / 50)
+    assert sft_trainer.lr_factor(50, cfg) == pytest.approx(1.0)
+    assert sft_trainer.lr_factor(550, cfg) == pytest.approx(0.55)  # halfway: (1 + 0.1) / 2
+    assert sft_trainer.lr_factor(1050, cfg) == pytest.approx(0.1)
+    flat = dataclasses.replace(cfg, lr_schedule="constant")
+    assert sft_trainer.lr_factor(1000, flat) == 1.0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        dataclasses.replace(cfg, lr_schedule="linear")

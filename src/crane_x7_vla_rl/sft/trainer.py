@@ -208,6 +208,8 @@ class SFTConfig:
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 50
+    lr_schedule: str = "cosine"  # "cosine" (decay to min_lr_ratio * lr at `steps`) or "constant" after warmup
+    min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
     lora_rank: int = 32  # published OpenVLA recipe
     lora_alpha: int = 16
@@ -233,6 +235,10 @@ class SFTConfig:
         for name in ("steps", "batch_size", "log_every", "save_every", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
 
@@ -355,11 +361,15 @@ def resume_config(run_dir: Path, max_seconds: float | None = None, **overrides: 
 
 
 # ------------------------------------------------------------------------------------------------ loop
-def _lr_lambda(warmup: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-
-    return f
+def lr_factor(step: int, cfg: SFTConfig) -> float:
+    """Linear warmup, then constant or a cosine decay to ``min_lr_ratio`` at ``cfg.steps`` (a function of the step
+    only, so a resumed run follows the same curve; resuming with a larger --steps stretches the rest of it)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    frac = min(1.0, (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
@@ -383,7 +393,7 @@ def train(cfg: SFTConfig, resume: bool = False, progress: Callable[[dict[str, An
     model = build_model(cfg, stats, device, resume_dir)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, cfg))
     step = 0
     if resume_dir is not None:
         state = torch.load(resume_dir / STATE_PT, map_location=device, weights_only=False)

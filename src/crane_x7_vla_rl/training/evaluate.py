@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from crane_x7_vla.utils.atomic import atomic_path
-from crane_x7_vla_rl.rollout.collector import EpisodeResult, RolloutCollector
+from crane_x7_vla_rl.rollout.collector import PROGRESS_KEYS, EpisodeResult, RolloutCollector
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -41,6 +41,7 @@ class EvalSummary:
     mean_return: float
     mean_length: float
     episodes: list[dict[str, Any]]
+    stage_rates: dict[str, float]  # fraction of episodes that reached each task stage (reached, is_grasped, ...)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,7 +56,10 @@ def summarize(results: list[EpisodeResult]) -> EvalSummary:
         mean_return=float(np.mean([r.episode_return for r in results])) if n else 0.0,
         mean_length=float(np.mean([r.length for r in results])) if n else 0.0,
         episodes=[{"episode": i, "seed": r.seed, "success": r.success, "return": r.episode_return,
-                   "length": r.length, "instruction": r.instruction} for i, r in enumerate(results)],
+                   "length": r.length, "instruction": r.instruction, "stages": sorted(r.stages)}
+                  for i, r in enumerate(results)],
+        stage_rates={k: sum(k in r.stages for r in results) / n for k in PROGRESS_KEYS
+                     if any(k in r.stages for r in results)} if n else {},
     )
 
 

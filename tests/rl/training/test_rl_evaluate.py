@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crane_x7_vla_rl.training.evaluate import video_name, wilson_interval, write_video
+from crane_x7_vla_rl.rollout.collector import EpisodeResult
+from crane_x7_vla_rl.training.evaluate import summarize, video_name, wilson_interval, write_video
 
 
 def test_wilson_known_values() -> None:
@@ -46,3 +47,13 @@ def test_write_video_round_trips(writer: str, tmp_path: Path, monkeypatch: pytes
         read.append(bgr[..., ::-1])
     assert len(read) == 6 and read[0].shape == (48, 64, 3)
     assert np.abs(read[-1].astype(int) - frames[-1]).mean() < 12  # colours survive (lossy codec), RGB order kept
+
+
+def test_summary_reports_how_far_failing_episodes_got() -> None:
+    results = [EpisodeResult(0, False, 0.0, 100, "i", stages={"reached"}),
+               EpisodeResult(1, False, 0.0, 100, "i", stages={"reached", "is_grasped"}),
+               EpisodeResult(2, True, 1.0, 70, "i", stages={"reached", "is_grasped", "lifted", "over_goal"}),
+               EpisodeResult(3, False, 0.0, 100, "i")]
+    s = summarize(results)
+    assert s.stage_rates == {"reached": 0.75, "is_grasped": 0.5, "lifted": 0.25, "over_goal": 0.25}
+    assert s.episodes[1]["stages"] == ["is_grasped", "reached"] and s.successes == 1

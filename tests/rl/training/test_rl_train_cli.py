@@ -67,6 +67,8 @@ def test_evaluate_prints_json_last(trained: Path) -> None:
     assert 0.0 <= result["success_rate"] <= 1.0
     assert result["num_episodes"] == 2 and len(result["episodes"]) == 2
     assert result["ci95_low"] <= result["success_rate"] <= result["ci95_high"]
+    assert all(set(ep["stages"]) <= {"reached", "is_grasped", "lifted", "over_goal"} for ep in result["episodes"])
+    assert all(0.0 < v <= 1.0 for v in result["stage_rates"].values())
 
 
 def test_export_merges_into_a_loadable_checkpoint(trained: Path, tmp_path: Path) -> None:
