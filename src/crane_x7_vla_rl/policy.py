@@ -1,9 +1,15 @@
-"""The VLA actor-critic: a native OpenVLA with PEFT LoRA adapters plus a value head on the shared backbone.
+"""The VLA actor-critic: a native OpenVLA or MiniVLA with PEFT LoRA adapters plus a value head on the shared backbone.
 
 Design (as RL4VLA / RLinf, which are known to learn):
-- the actor is the VLA's own token distribution restricted to the 256 action bins; an action's log-prob is
-  the sum of its D action-token log-probs, computed by the runtime (``sample_action_tokens`` when acting,
+- the actor is the VLA's own token distribution restricted to its action ids (256 bins for binning
+  tokenizers, 128 codes for MiniVLA VQ, counted from ``len(tokenizer)`` by the model); an action's log-prob is
+  the sum of its ``num_action_tokens`` token log-probs (binning: one per action dim; VQ: 7 codebook tokens that
+  decode to an 8-step chunk), computed by the runtime (``sample_action_tokens`` when acting,
   ``action_token_log_probs`` teacher-forced when updating) at the SAME temperature, so PPO ratios are exact;
+- chunked policies act with the FIRST step of each decoded chunk and re-query every env step (the published
+  MiniVLA evaluation); the chunk's tokens are the RL action, so its log-prob is that of the whole chunk;
+- multi-frame models (MiniVLA history2) get ``[t-1, t]`` per sample: pass image arrays of shape
+  (N, history, H, W, 3) (the collector does); wrist-camera models are refused (the simulators give one camera);
 - the critic is a small MLP on the LLM hidden state at the position that predicts the first action token,
   i.e. it shares the LoRA backbone with the actor (the value loss also shapes the adapters);
 - LoRA is injected in place with ``peft.inject_adapter_in_model`` into every ``nn.Linear`` except ``lm_head``
@@ -39,9 +45,9 @@ PEFT_PREFIX = "base_model.model."
 class ActOutput:
     """One batched policy step."""
 
-    tokens: torch.Tensor  # [N, D] long, sampled action tokens
-    log_prob: torch.Tensor  # [N] sum of the D token log-probs
-    entropy: torch.Tensor  # [N] sum of the D token entropies (restricted to the 256 bins)
+    tokens: torch.Tensor  # [N, K] long, sampled action tokens (K = the model's num_action_tokens)
+    log_prob: torch.Tensor  # [N] sum of the K token log-probs
+    entropy: torch.Tensor  # [N] sum of the K token entropies (restricted to the action ids)
     value: torch.Tensor  # [N] V(s)
 
 
@@ -84,6 +90,11 @@ class VLAActorCritic(nn.Module):
         super().__init__()
         from peft import LoraConfig, inject_adapter_in_model
 
+        cfg = getattr(vla, "config", None)
+        if getattr(cfg, "use_wrist_image", False):
+            raise ValueError(
+                "this MiniVLA takes [third_person, wrist] images, but RL observations carry one camera "
+                "(rollout.camera); fine-tune a single-camera checkpoint (minivla-*, -vq- or -history2-) instead")
         for p in vla.parameters():
             p.requires_grad_(False)
         targets = lora_target_modules(vla)
@@ -102,6 +113,10 @@ class VLAActorCritic(nn.Module):
         ref = next(vla.parameters())
         self.value_head = ValueHead(hidden, value_head_hidden).to(ref.device)
         self.action_dim = int(getattr(vla, "action_dim", 0) or 0)
+        # Tokens per RL action: never assumed equal to action_dim (VQ: 7 tokens -> an 8 x action_dim chunk).
+        self.num_action_tokens = int(getattr(vla, "num_action_tokens", 0) or self.action_dim)
+        self.chunk_size = int(getattr(vla, "chunk_size", 1) or 1)  # actions decoded per query; step 0 is run
+        self.history = int(getattr(cfg, "image_sequence_len", 1) or 1)  # frames per sample, oldest first
         self.gradient_checkpointing = False
         if gradient_checkpointing:
             self.set_gradient_checkpointing(True)
@@ -136,8 +151,11 @@ class VLAActorCritic(nn.Module):
 
     # --- acting / evaluating -----------------------------------------------------------------------------
     def prepare(self, images: Sequence[np.ndarray] | np.ndarray, instructions: Sequence[str]) -> Any:
+        """images: (N, H, W, 3) uint8, or (N, history, H, W, 3) for multi-frame models (oldest frame first)."""
         device = next(self.value_head.parameters()).device
-        return self.vla.prepare_inputs(list(images), list(instructions)).to(device)  # type: ignore[operator]
+        samples: list[Any] = ([list(x) for x in images] if isinstance(images, np.ndarray) and images.ndim == 5
+                              else list(images))
+        return self.vla.prepare_inputs(samples, list(instructions)).to(device)  # type: ignore[operator]
 
     @torch.no_grad()
     def act(self, images: Sequence[np.ndarray] | np.ndarray, instructions: Sequence[str], temperature: float,
@@ -165,6 +183,7 @@ class VLAActorCritic(nn.Module):
                           value=self.value_head(out.hidden))
 
     def decode_actions(self, tokens: torch.Tensor) -> np.ndarray:
+        """Tokens [N, K] -> the action the env executes (N, action_dim): step 0 of chunked models' chunks."""
         return np.asarray(self.vla.decode_actions(tokens))  # type: ignore[operator]
 
     # --- parameters / persistence --------------------------------------------------------------------------

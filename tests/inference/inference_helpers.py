@@ -33,3 +33,35 @@ def jpeg_bytes(seed: int = 0, size: int = 96) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="JPEG")
     return buf.getvalue()
+
+
+class QueryRecorder:
+    """The real model behind the service's fast path, recording each query's images and predicted chunk."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.config = model.config  # what the service reads the model's inputs from
+        self.chunk_size = model.chunk_size
+        self.samples: list[list[np.ndarray]] = []  # per query: the images in the order the model got them
+        self.instructions: list[str] = []
+        self.chunks: list[np.ndarray] = []  # per query: (chunk_size, 8)
+        self.lock = threading.Lock()
+
+    def prepare_inputs(self, images: list[Any], instructions: list[str]) -> Any:
+        with self.lock:
+            self.samples.append(list(images[0]) if isinstance(images[0], list) else [images[0]])
+            self.instructions.append(instructions[0])
+        return self.model.prepare_inputs(images, instructions)
+
+    def predict_chunk_from_inputs(self, inputs: Any) -> np.ndarray:
+        out = np.asarray(self.model.predict_chunk_from_inputs(inputs))  # (1, K, 8)
+        with self.lock:
+            self.chunks.append(out[0])
+        return out
+
+    def predict_action(self, images: list[Any], instructions: list[str]) -> np.ndarray:
+        return np.asarray(self.model.predict_action(images, instructions))
+
+
+def decoded(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))

@@ -15,7 +15,14 @@ import signal
 import sys
 from typing import Any
 
-from crane_x7_vla.inference.settings import InferenceSettings, SettingsError, add_arguments, resolve_settings
+from crane_x7_vla.inference.settings import (
+    InferenceSettings,
+    SettingsError,
+    add_arguments,
+    check_against_model,
+    model_io,
+    resolve_settings,
+)
 
 log = logging.getLogger("crane_x7_vla.inference")
 
@@ -32,11 +39,11 @@ def _cuda_available() -> bool:
 
 
 def load_policy(settings: InferenceSettings) -> Any:
-    """Load the VLA named by the settings (local dir or Hub id)."""
+    """Load the VLA named by the settings (local dir or Hub id; OpenVLA or MiniVLA, detected from the files)."""
     from crane_x7_vla.models import OpenVLA, load_vla
 
     model = load_vla(settings.model_path, device=settings.device, unnorm_key=settings.unnorm_key,
-                     hf_token=settings.hf_token)
+                     hf_token=settings.hf_token, vq_path=settings.vq_path)
     if isinstance(model, OpenVLA) and model.device.type == "cuda":
         # On a GPU the static-cache CUDA-graph engine serves the same greedy actions several times faster.
         from crane_x7_vla.models.engine import OpenVLAEngine
@@ -89,5 +96,12 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"crane-x7-vla infer: could not load the model {settings.model_path!r}: {exc}", file=sys.stderr)
         return 1
+    io = model_io(policy)
+    problems = check_against_model(settings, io)
+    if problems:
+        print(f"crane-x7-vla infer: {SettingsError(problems)}", file=sys.stderr)
+        return 2
+    log.info("model takes %d image(s) per query (history %d, wrist %s), predicts %d action(s); executing %d "
+             "open loop", io.num_images, io.history, io.wrist, io.chunk_size, settings.chunk_steps)
     log.info("model loaded; connecting to rosbridge %s:%s", settings.rosbridge_host, settings.rosbridge_port)
     return asyncio.run(serve(settings, policy))

@@ -9,7 +9,14 @@ clocks (a rented GPU and a robot without NTP) the stamp would be meaningless and
 The effective age is the larger of the two.
 
 Reuse rule. Every received frame gets a sequence number; the slot hands out a frame at most once, so a
-model that is faster than the camera never publishes twice from the same image.
+model that is faster than the camera never publishes twice from the same image. Only the frame that *gates* a
+model tick obeys it: :meth:`FrameSlot.newest` peeks at the newest fresh frame without using it up (a wrist
+camera paired with the main one, the freshness check of an open-loop chunk step, the history window).
+
+History. :class:`FrameWindow` keeps the last ``length`` frames the service observed, oldest first, for models
+that take ``[t-1, t]`` (MiniVLA history2). At the start (or after a reset) the current frame fills the window,
+as the published openvla-mini rollout does at an episode start. It holds compressed frames: decoding is
+still paid only for frames a model call actually uses.
 """
 
 from __future__ import annotations
@@ -101,6 +108,35 @@ class FrameSlot:
             return "stale", None
         self._last_used_seq = frame.seq
         return "ok", frame
+
+    def newest(self, now_mono: float, now_wall: float) -> Frame | None:
+        """The newest frame if it is fresh, used or not (nothing is marked or counted)."""
+        frame = self._frame
+        if frame is None or frame.age(now_mono, now_wall) > self.max_age:
+            return None
+        return frame
+
+
+class FrameWindow:
+    """The last ``length`` distinct frames, oldest first; the first frame after a reset fills the window."""
+
+    def __init__(self, length: int) -> None:
+        if length < 1:
+            raise ValueError(f"history length must be >= 1, got {length}")
+        self.length = length
+        self._frames: list[Frame] = []
+
+    def reset(self) -> None:
+        """Forget the history (new instruction, reconnect): the next frame is repeated, never mixed with old ones."""
+        self._frames = []
+
+    def push(self, frame: Frame) -> list[Frame]:
+        """Add ``frame`` (ignored when it is already the newest) and return the window ``[t-length+1 .. t]``."""
+        if not self._frames:
+            self._frames = [frame] * self.length
+        elif self._frames[-1].seq != frame.seq:
+            self._frames = [*self._frames[1:], frame]
+        return list(self._frames)
 
 
 def image_kind(fmt: str) -> str:

@@ -4,7 +4,13 @@ Shape of a tick (see ``ARCHITECTURE.md``): wait for the next absolute deadline -
 *fresh* frame (waiting up to one period for one) -> decode + model in ONE worker thread (the event loop stays
 free for websocket I/O, pings and callbacks) -> reject NaN/inf -> publish ``/vla/predicted_action``.
 Frame callbacks only store bytes: decoding is paid for the frames we act on, never for dropped ones.
-All policy decisions (scheduling, freshness, statistics) live in the pure modules next to this one.
+All policy decisions (scheduling, freshness, chunks, statistics) live in the pure modules next to this one.
+
+Models that want more than one image get them in their own order: the history window ``[t-1, t]``
+(:class:`~.frames.FrameWindow`, which repeats the current frame at the start) and then the newest fresh wrist
+frame. Chunked models (``--chunk-steps N``): the tick that runs the model publishes step 0 of the predicted
+chunk and the next ``N - 1`` ticks publish the following steps without running it (:class:`~.chunks.ChunkExecutor`),
+as long as the camera feed stays fresh and the instruction does not change.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ from crane_x7_vla.bridge.messages import (
     MultiArrayDimension,
     String,
 )
-from crane_x7_vla.inference.frames import Frame, FrameError, FrameSlot, decode_image
+from crane_x7_vla.inference.chunks import ChunkExecutor
+from crane_x7_vla.inference.frames import Frame, FrameError, FrameSlot, FrameWindow, decode_image
 from crane_x7_vla.inference.ratelimit import RateLimitedLog
 from crane_x7_vla.inference.scheduler import RateScheduler
-from crane_x7_vla.inference.settings import InferenceSettings
+from crane_x7_vla.inference.settings import InferenceSettings, check_against_model, model_io
 from crane_x7_vla.inference.status import StatusTracker, TickTiming
 
 log = logging.getLogger(__name__)
@@ -42,10 +49,15 @@ ACTION_LABELS = tuple(j.label for j in robot.ARM_JOINTS) + ("gripper",)
 
 
 class Policy(Protocol):
-    """What the service needs from a model (``crane_x7_vla.models.OpenVLA`` satisfies it)."""
+    """What the service needs from a model (``OpenVLA`` and ``MiniVLA`` of ``crane_x7_vla.models`` satisfy it).
 
-    def predict_action(self, images: list[NDArray[np.uint8]], instructions: list[str]) -> NDArray[np.floating]:
-        """(B, action_dim) un-normalised actions for B images (H, W, 3) uint8 and B instructions."""
+    Optional, used when present: ``prepare_inputs`` + ``predict_chunk_from_inputs`` / ``predict_from_inputs``
+    (preprocessing timed apart from the model), ``predict_action_chunk``, ``chunk_size`` and ``config`` (see
+    :func:`~.settings.model_io`).
+    """
+
+    def predict_action(self, images: list[Any], instructions: list[str]) -> NDArray[np.floating]:
+        """(B, action_dim) un-normalised actions for B samples (an (H, W, 3) uint8 image, or the model's list)."""
         ...
 
 
@@ -62,7 +74,7 @@ class Client(Protocol):
 
 @dataclass(frozen=True)
 class WorkerResult:
-    action: NDArray[np.float64] | None  # (action_dim,) or None when rejected
+    chunk: NDArray[np.float64] | None  # (chunk_len, action_dim) or None when rejected
     decode: float
     preprocess: float
     model: float
@@ -100,7 +112,17 @@ class InferenceService:
         self.client = client
         self.clock = clock
         self.wall_clock = wall_clock
+        self.io = model_io(policy)
+        problems = check_against_model(settings, self.io)
+        if problems:
+            raise ValueError("the settings do not fit the model:\n  - " + "\n  - ".join(problems))
         self.slot = FrameSlot(settings.max_frame_age)
+        # Only subscribed when the model takes a wrist image (a configured topic is otherwise ignored).
+        self.wrist_slot: FrameSlot | None = FrameSlot(settings.max_frame_age) if self.io.wrist else None
+        self.history = FrameWindow(self.io.history)
+        self.chunks = ChunkExecutor(settings.chunk_steps)
+        self._instruction_epoch = 0  # bumped on every instruction change; a model call remembers its epoch
+        self._decoded: dict[int, NDArray[np.uint8]] = {}  # worker thread only: seq -> image of the last call
         self.status = StatusTracker(model=model_name or settings.model_path, instruction=settings.instruction,
                                     target_rate=settings.inference_rate)
         self.rlog = RateLimitedLog(log)
@@ -112,24 +134,35 @@ class InferenceService:
         self.on_action: Callable[[NDArray[np.float64], str], None] | None = None  # hook for the demo
 
     # ------------------------------------------------------------------ callbacks (event loop thread)
-    def on_image(self, msg: dict[str, Any]) -> None:
+    def _parse_frame(self, msg: dict[str, Any], camera: str) -> Frame | None:
         now_mono, now_wall = self.clock(), self.wall_clock()
         try:
             img = CompressedImage.from_dict(msg)
         except MessageError as exc:
-            self._frame_error("bad_message", f"malformed CompressedImage: {exc}")
-            return
+            self._frame_error("bad_message", f"malformed {camera} CompressedImage: {exc}")
+            return None
         if not img.data:
-            self._frame_error("empty", "empty CompressedImage.data")
-            return
+            self._frame_error("empty", f"empty {camera} CompressedImage.data")
+            return None
         if len(img.data) > self.settings.max_frame_bytes:
-            self._frame_error("oversized", f"frame of {len(img.data)} bytes > --max-frame-bytes "
+            self._frame_error("oversized", f"{camera} frame of {len(img.data)} bytes > --max-frame-bytes "
                                            f"{self.settings.max_frame_bytes}")
+            return None
+        self._seq += 1  # one sequence over both cameras: a seq names one image
+        return Frame(self._seq, img.data, img.format, now_mono, now_wall, header_seconds(img))
+
+    def on_image(self, msg: dict[str, Any]) -> None:
+        frame = self._parse_frame(msg, "camera")
+        if frame is None:
             return
-        self._seq += 1
-        self.slot.put(Frame(self._seq, img.data, img.format, now_mono, now_wall, header_seconds(img)))
+        self.slot.put(frame)
         if self._frame_event is not None:
             self._frame_event.set()
+
+    def on_wrist_image(self, msg: dict[str, Any]) -> None:
+        frame = self._parse_frame(msg, "wrist camera")
+        if frame is not None and self.wrist_slot is not None:
+            self.wrist_slot.put(frame)
 
     def on_instruction(self, msg: dict[str, Any]) -> None:
         data = msg.get("data") if isinstance(msg, dict) else None
@@ -140,14 +173,21 @@ class InferenceService:
             return
         self.instruction = data.strip()
         self.status.instruction = self.instruction
+        # The rest of a chunk and the frame history belong to the old task.
+        self._instruction_epoch += 1
+        if self.chunks.discard("instruction"):
+            log.info("discarded the rest of the action chunk: new instruction")
+        self.history.reset()
         log.info("task instruction updated: %r", self.instruction)
 
     def on_connection_state(self, up: bool) -> None:
         """Client state listener: counts reconnects; frames from before a drop age out by themselves."""
         if up and not self.status.connected and self.status.published:
             self.status.reconnects += 1
+            self.history.reset()  # frames from before the drop are not the previous step any more
             log.info("reconnected to rosbridge; resuming")
         elif not up and self.status.connected and not self._stopping:
+            self.chunks.discard("disconnected")
             log.warning("lost the rosbridge connection; reconnecting")
         self.status.connected = up
 
@@ -156,30 +196,53 @@ class InferenceService:
         self.rlog.warning(kind, "skipped camera frame: %s", message)
 
     # ------------------------------------------------------------------ worker thread
-    def _infer(self, frame: Frame, instruction: str) -> WorkerResult:
+    def _decode(self, frames: Sequence[Frame]) -> list[NDArray[np.uint8]]:
+        """Decode ``frames`` (H, W, 3) uint8, reusing the previous call's images (history2 decodes t-1 once)."""
+        cache = {f.seq: self._decoded[f.seq] if f.seq in self._decoded
+                 else decode_image(f.format, f.data, self.settings.max_frame_bytes) for f in frames}
+        self._decoded = cache
+        return [cache[f.seq] for f in frames]
+
+    def _predict_chunk(self, sample: Any, instruction: str) -> tuple[Any, float]:
+        """One query -> (chunk (1, K, D), seconds of preprocessing); the fastest API the policy offers."""
+        pol = self.policy
+        prepare = getattr(pol, "prepare_inputs", None)
+        chunk_prepared = getattr(pol, "predict_chunk_from_inputs", None)
+        first_prepared = getattr(pol, "predict_from_inputs", None)
+        if callable(prepare) and (callable(chunk_prepared) or callable(first_prepared)):
+            t0 = time.perf_counter()
+            inputs = prepare([sample], [instruction])
+            prep = time.perf_counter() - t0
+            if callable(chunk_prepared):
+                return chunk_prepared(inputs), prep  # (1, K, D)
+            assert callable(first_prepared)
+            return np.asarray(first_prepared(inputs))[:, None], prep  # (1, D) -> (1, 1, D)
+        # The model does its own preprocessing: reported as part of "model".
+        chunk_fn = getattr(pol, "predict_action_chunk", None)
+        if callable(chunk_fn):
+            return chunk_fn([sample], [instruction]), 0.0
+        return np.asarray(pol.predict_action([sample], [instruction]))[:, None], 0.0
+
+    def _infer(self, frames: Sequence[Frame], instruction: str) -> WorkerResult:
+        """Worker thread: decode the model's frames (in its order) and query it once."""
         t0 = time.perf_counter()
         try:
-            image = decode_image(frame.format, frame.data, self.settings.max_frame_bytes)  # (H, W, 3) uint8
+            images = self._decode(frames)
         except FrameError as exc:
             return WorkerResult(None, time.perf_counter() - t0, 0.0, 0.0, (exc.kind, str(exc)))
         t1 = time.perf_counter()
-        prepare = getattr(self.policy, "prepare_inputs", None)
-        predict_prepared = getattr(self.policy, "predict_from_inputs", None)
-        t2 = t1
+        sample: Any = images[0] if len(images) == 1 else images  # one image, or [t-1, t] / [main, wrist]
+        prep = 0.0
         try:
-            if callable(prepare) and callable(predict_prepared):
-                inputs = prepare([image], [instruction])
-                t2 = time.perf_counter()
-                actions = predict_prepared(inputs)  # (1, action_dim)
-            else:  # the model does its own preprocessing: reported as part of "model"
-                actions = self.policy.predict_action([image], [instruction])  # (1, action_dim)
-            action = np.asarray(actions, dtype=np.float64).reshape(-1)  # (action_dim,)
+            out, prep = self._predict_chunk(sample, instruction)
+            chunk = np.asarray(out, dtype=np.float64)
+            chunk = chunk.reshape(chunk.shape[-2] if chunk.ndim >= 2 else 1, -1)  # (K, action_dim)
         except Exception as exc:  # a model failure on one frame must not end the service
             log.debug("model failure", exc_info=True)
-            return WorkerResult(None, t1 - t0, t2 - t1, time.perf_counter() - t2,
+            return WorkerResult(None, t1 - t0, prep, time.perf_counter() - t1 - prep,
                                 ("model_error", f"{type(exc).__name__}: {exc}"))
         t3 = time.perf_counter()
-        return WorkerResult(action, t1 - t0, t2 - t1, t3 - t2)
+        return WorkerResult(chunk, t1 - t0, prep, t3 - t1 - prep)
 
     # ------------------------------------------------------------------ main loop
     async def run(self, stop: asyncio.Event) -> None:
@@ -226,6 +289,11 @@ class InferenceService:
         throttle_ms = int(1000.0 * s.period)
         await self.client.subscribe(robot.CAMERA_COMPRESSED_TOPIC, CompressedImage.TYPE, self.on_image,
                                     queue_length=1, throttle_rate=throttle_ms, compression="cbor")
+        if self.wrist_slot is not None and s.wrist_image_topic:
+            await self.client.subscribe(s.wrist_image_topic, CompressedImage.TYPE, self.on_wrist_image,
+                                        queue_length=1, throttle_rate=throttle_ms, compression="cbor")
+        elif s.wrist_image_topic:
+            log.warning("--wrist-image-topic %s ignored: this model takes no wrist image", s.wrist_image_topic)
         await self.client.subscribe(robot.UPDATE_INSTRUCTION_TOPIC, String.TYPE, self.on_instruction,
                                     queue_length=1)
         await self.client.advertise(robot.PREDICTED_ACTION_TOPIC, Float32MultiArray.TYPE)
@@ -259,12 +327,42 @@ class InferenceService:
                 await asyncio.wait_for(self._frame_event.wait(), timeout=remaining)
         return None
 
+    def open_loop_action(self) -> NDArray[np.float64] | None:
+        """The next step of the current chunk, or None when the model must run (chunk used up or discarded).
+
+        A queued step is only executed while every camera the model watches is live (its newest frame is
+        fresh) and the link is up; otherwise the rest of the chunk is dropped and the tick falls back to the
+        normal path, which waits for a fresh frame. The newest frame joins the history window, so a history
+        model's ``t-1`` stays one tick old while the chunk runs.
+        """
+        if not self.chunks.pending:
+            return None
+        now_mono, now_wall = self.clock(), self.wall_clock()
+        if not self.status.connected:
+            self.chunks.discard("disconnected")
+            return None
+        newest = self.slot.newest(now_mono, now_wall)
+        wrist_ok = self.wrist_slot is None or self.wrist_slot.newest(now_mono, now_wall) is not None
+        if newest is None or not wrist_ok:
+            n = self.chunks.discard("stale_frame")
+            self.rlog.warning("chunk_stale", "discarded %d open-loop step(s): the camera feed is older than %.3gs",
+                              n, self.settings.max_frame_age)
+            return None
+        if self.io.history > 1:
+            self.history.push(newest)
+        return self.chunks.pop()
+
     async def _loop(self, stop: asyncio.Event) -> None:
         sched = RateScheduler(self.settings.inference_rate, self.clock())
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             if not await self._sleep_until(sched.next_deadline(), stop):
                 break
+            step = self.open_loop_action()
+            if step is not None:
+                await self._publish_action(step, self.instruction, None)
+                self.status.missed_deadlines += sched.complete(self.clock()).missed
+                continue
             frame = await self._next_frame(sched.next_deadline() + sched.period, stop)
             if frame is None:
                 if not stop.is_set():
@@ -273,9 +371,13 @@ class InferenceService:
                                       robot.CAMERA_COMPRESSED_TOPIC)
                     sched.rebase(self.clock())
                 continue
-            instruction = self.instruction
-            result = await loop.run_in_executor(self._executor, self._infer, frame, instruction)
-            await self._publish(frame, result, instruction)
+            frames = self._model_frames(frame)
+            if frames is None:
+                sched.complete(self.clock())
+                continue
+            instruction, epoch = self.instruction, self._instruction_epoch
+            result = await loop.run_in_executor(self._executor, self._infer, frames, instruction)
+            await self._publish(frame, result, instruction, queue_rest=epoch == self._instruction_epoch)
             report = sched.complete(self.clock())
             if report.missed:
                 self.status.missed_deadlines += report.missed
@@ -284,21 +386,41 @@ class InferenceService:
                                   1e3 * (report.lateness + sched.period), 1e3 * sched.period,
                                   self.settings.inference_rate, self.status.achieved_rate())
 
-    async def _publish(self, frame: Frame, result: WorkerResult, instruction: str) -> None:
+    def _model_frames(self, frame: Frame) -> list[Frame] | None:
+        """The frames of one query in the model's order: history ``[t-1, t]`` then the wrist frame."""
+        wrist: Frame | None = None
+        if self.wrist_slot is not None:
+            wrist = self.wrist_slot.newest(self.clock(), self.wall_clock())
+            if wrist is None:
+                self.status.ticks_without_frame += 1
+                self.rlog.warning("no_wrist_frame", "no fresh wrist frame on %s; skipping the tick",
+                                  self.settings.wrist_image_topic)
+                return None
+        frames = self.history.push(frame)
+        return [*frames, wrist] if wrist is not None else frames
+
+    async def _publish(self, frame: Frame, result: WorkerResult, instruction: str, *, queue_rest: bool) -> None:
         if result.error is not None:
             self._frame_error(*result.error)
             return
-        action = result.action
-        assert action is not None
-        if action.shape[0] != robot.ACTION_DIM:
-            self.status.record_error("wrong_action_dim", f"model returned {action.shape[0]} values")
+        assert result.chunk is not None
+        part = self.chunks.executed_part(result.chunk)  # (n, D): the steps that will run
+        if part.shape[1] != robot.ACTION_DIM:
+            self.status.record_error("wrong_action_dim", f"model returned {part.shape[1]} values")
             self.rlog.error("wrong_action_dim", "model returned %d action values, the robot needs %d "
-                            "(7 joints + gripper): check --unnorm-key/the checkpoint", action.shape[0], robot.ACTION_DIM)
+                            "(7 joints + gripper): check --unnorm-key/the checkpoint", part.shape[1], robot.ACTION_DIM)
             return
-        if not np.all(np.isfinite(action)):
+        if not np.all(np.isfinite(part)):
             self.status.record_error("non_finite_action", "model produced NaN/inf")
             self.rlog.error("non_finite_action", "model produced a NaN/inf action; not published")
             return
+        action = self.chunks.start(part, queue_rest=queue_rest)
+        timing = (result.decode, result.preprocess, result.model, frame.received_mono)
+        await self._publish_action(action, instruction, timing)
+
+    async def _publish_action(self, action: NDArray[np.float64], instruction: str,
+                              timing: tuple[float, float, float, float] | None) -> None:
+        """Publish one action; ``timing`` (decode, preprocess, model, frame receipt) for model ticks, else None."""
         t0 = time.perf_counter()
         try:
             await self.client.publish(robot.PREDICTED_ACTION_TOPIC, action_message(action))
@@ -308,8 +430,11 @@ class InferenceService:
             return
         publish = time.perf_counter() - t0
         now = self.clock()
-        self.status.record_tick(TickTiming(result.decode, result.preprocess, result.model, publish,
-                                           now - frame.received_mono), now)
+        if timing is None:
+            self.status.record_open_loop(now)  # no model ran: the latency windows stay about model ticks
+        else:
+            decode, preprocess, model, received = timing
+            self.status.record_tick(TickTiming(decode, preprocess, model, publish, now - received), now)
         if self.on_action is not None:
             self.on_action(action, instruction)
 
@@ -328,5 +453,9 @@ class InferenceService:
                          snap["errors"])
 
     def snapshot(self) -> dict[str, Any]:
-        return self.status.snapshot(frames_received=self.slot.received, frames_dropped=self.slot.dropped,
+        snap = self.status.snapshot(frames_received=self.slot.received, frames_dropped=self.slot.dropped,
                                     frames_stale=self.slot.stale)
+        snap["chunk"] = self.chunks.snapshot()
+        if self.wrist_slot is not None:
+            snap["wrist_frames"] = {"received": self.wrist_slot.received}
+        return snap

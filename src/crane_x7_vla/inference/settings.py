@@ -4,6 +4,10 @@ Design: :func:`resolve_settings` is pure (it takes the environment as a mapping 
 callable) and collects *every* problem before failing, so a misconfigured container prints one message that
 lists all fixes instead of failing one variable per restart. ``HF_TOKEN`` is only read from the environment
 (a flag would show in ``ps``) and never appears in ``repr`` or :meth:`InferenceSettings.public_dict`.
+
+Some values can only be checked against the loaded model (its chunk length, whether it needs a wrist image):
+:func:`model_io` reads what the model asks for and :func:`check_against_model` lists the problems, so the CLI
+fails right after loading, before it connects to the robot.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from crane_x7_vla import robot
 
 # Environment variable names (the seed's, plus ROSBRIDGE_PROXY and the frame guards).
 ENV_HOST = "ROSBRIDGE_HOST"
@@ -29,6 +35,10 @@ ENV_UNNORM = "VLA_UNNORM_KEY"
 ENV_HF_TOKEN = "HF_TOKEN"
 ENV_MAX_FRAME_AGE = "VLA_MAX_FRAME_AGE"
 ENV_MAX_FRAME_BYTES = "VLA_MAX_FRAME_BYTES"
+ENV_CHUNK_STEPS = "VLA_CHUNK_STEPS"
+ENV_WRIST_TOPIC = "VLA_WRIST_IMAGE_TOPIC"
+ENV_VQ_PATH = "VLA_VQ_PATH"
+MAX_CHUNK_STEPS = 256  # a sanity bound before the model is known; the real bound is the model's chunk length
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 _PROXY_SCHEMES = ("socks5://", "socks5h://", "socks4://", "http://", "https://")
@@ -52,6 +62,11 @@ class InferenceSettings:
     max_frame_age: float = 0.5  # s; never act on a frame older than this (see frames.py for the clock rule)
     max_frame_bytes: int = 8 * 1024 * 1024  # larger compressed frames are rejected unread
     status_period: float = 1.0  # s between status messages
+    # Steps of each predicted action chunk to publish open loop (1 = re-query every tick, as the published eval).
+    chunk_steps: int = 1
+    # CompressedImage topic of the wrist camera, for models that take one (no default: the robot spec names none).
+    wrist_image_topic: str | None = None
+    vq_path: str | None = None  # VQ MiniVLA: residual-VQ weights (local dir or 'org/repo/subfolder')
     hf_token: str | None = field(default=None, repr=False)  # HF Hub token: env only, never logged
 
     @property
@@ -98,6 +113,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--max-frame-age", help=f"drop frames older than this many seconds [{ENV_MAX_FRAME_AGE}, 0.5]")
     f.add_argument("--max-frame-bytes", help=f"reject larger compressed frames [{ENV_MAX_FRAME_BYTES}, 8 MiB]")
     f.add_argument("--status-period", help="seconds between status messages [1.0]")
+    f.add_argument("--wrist-image-topic",
+                   help=f"wrist camera CompressedImage topic, for models that take a wrist image [{ENV_WRIST_TOPIC}]")
+    c = parser.add_argument_group("action chunks (MiniVLA)")
+    c.add_argument("--chunk-steps", help=f"publish this many steps of each predicted chunk open loop before "
+                                          f"querying again [{ENV_CHUNK_STEPS}, 1 = every tick]")
+    c.add_argument("--vq-path", help=f"VQ MiniVLA: residual-VQ weights, local dir or org/repo/subfolder "
+                                      f"[{ENV_VQ_PATH}; default <checkpoint>/vq, else the published location]")
 
 
 class _Resolver:
@@ -168,6 +190,8 @@ def resolve_settings(
     max_bytes = r.number("max_frame_bytes", ENV_MAX_FRAME_BYTES, 8 * 1024 * 1024, kind=int, lo=1,
                          hint="use a positive number of bytes, e.g. 8388608")
     status_period = r.number("status_period", None, 1.0, lo=0.01, hint="use a positive number of seconds")
+    chunk_steps = r.number("chunk_steps", ENV_CHUNK_STEPS, 1, kind=int, lo=1, hi=MAX_CHUNK_STEPS,
+                           hint="use an integer >= 1 and at most the model's chunk length (1 = query every tick)")
 
     host = r.text("rosbridge_host", ENV_HOST, "crane-x7-local") or ""
     if not host or any(c.isspace() for c in host) or "/" in host:
@@ -201,6 +225,16 @@ def resolve_settings(
         p.append(f"proxy {_redact_url(proxy)!r} has no supported scheme; use socks5h://host:port "
                  "(Tailscale userspace: socks5h://localhost:1055)")
 
+    wrist_topic = r.text("wrist_image_topic", ENV_WRIST_TOPIC, None) or None
+    if wrist_topic is not None and (any(c.isspace() for c in wrist_topic) or wrist_topic == robot.CAMERA_COMPRESSED_TOPIC):
+        p.append(f"wrist image topic {wrist_topic!r} must be a ROS topic name without spaces and differ from the "
+                 f"main camera topic; set --wrist-image-topic or {ENV_WRIST_TOPIC}")
+
+    vq_path = r.text("vq_path", ENV_VQ_PATH, None) or None
+    if vq_path is not None and vq_path.startswith(("/", "./", "../", "~")) and not Path(vq_path).expanduser().is_dir():
+        p.append(f"VQ path {vq_path!r} is not a directory; point --vq-path or {ENV_VQ_PATH} at a pretrain_vq run "
+                 "directory (config.json + checkpoints/model.pt) or use an 'org/repo/subfolder' Hub path")
+
     hf_token = (os.environ if env is None else env).get(ENV_HF_TOKEN) or None
     if p:
         raise SettingsError(p)
@@ -208,5 +242,46 @@ def resolve_settings(
         model_path=model_path, rosbridge_host=host, rosbridge_port=port, rosbridge_proxy=proxy,
         peer_wait_timeout=peer_wait, instruction=instruction, device=device, inference_rate=rate,
         unnorm_key=unnorm_key, max_frame_age=max_age, max_frame_bytes=max_bytes,
-        status_period=status_period, hf_token=hf_token,
+        status_period=status_period, chunk_steps=chunk_steps, wrist_image_topic=wrist_topic, vq_path=vq_path,
+        hf_token=hf_token,
     )
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """What a loaded policy consumes and produces per query (read from the model, never configured)."""
+
+    chunk_size: int = 1  # actions per query (MiniVLA VQ: 8)
+    history: int = 1  # frames per camera, oldest first (MiniVLA history2: 2 = [t-1, t])
+    wrist: bool = False  # a wrist image after the main one
+
+    @property
+    def num_images(self) -> int:
+        return self.history + (1 if self.wrist else 0)
+
+
+def model_io(policy: Any) -> ModelIO:
+    """Read :class:`ModelIO` from a policy (MiniVLA's ``chunk_size`` / ``config``); others default to 1 image, 1 step.
+
+    Wrappers (e.g. the CUDA-graph engine) are looked through via their ``model`` attribute.
+    """
+    target = policy
+    if getattr(target, "config", None) is None and getattr(target, "model", None) is not None:
+        target = target.model
+    cfg = getattr(target, "config", None)
+    chunk = getattr(policy, "chunk_size", None) or getattr(target, "chunk_size", None) or 1
+    return ModelIO(chunk_size=int(chunk), history=int(getattr(cfg, "image_sequence_len", 1) or 1),
+                   wrist=bool(getattr(cfg, "use_wrist_image", False)))
+
+
+def check_against_model(settings: InferenceSettings, io: ModelIO) -> list[str]:
+    """Problems of ``settings`` for a model with ``io`` (empty when they fit)."""
+    p: list[str] = []
+    if settings.chunk_steps > io.chunk_size:
+        p.append(f"--chunk-steps/{ENV_CHUNK_STEPS}={settings.chunk_steps} exceeds this model's chunk length "
+                 f"{io.chunk_size} (it predicts {io.chunk_size} action(s) per query); use a value from 1 to "
+                 f"{io.chunk_size}")
+    if io.wrist and not settings.wrist_image_topic:
+        p.append(f"this model takes a wrist camera image but no wrist topic is configured; set "
+                 f"--wrist-image-topic or {ENV_WRIST_TOPIC} to the wrist camera's CompressedImage topic")
+    return p

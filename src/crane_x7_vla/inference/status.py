@@ -60,6 +60,11 @@ class StatusTracker:
         self._publish_times.append(published_at)
         self.published += 1
 
+    def record_open_loop(self, published_at: float) -> None:
+        """An action published from a queued chunk step (no model run: counts for the rate, not the latencies)."""
+        self._publish_times.append(published_at)
+        self.published += 1
+
     def record_error(self, kind: str, message: str) -> None:
         self.errors[kind] += 1
         self.last_error = f"{kind}: {message}"[:300]

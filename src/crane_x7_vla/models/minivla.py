@@ -170,10 +170,13 @@ class MiniVLA(VLABase):
         self, images: Sequence[SampleImages], instructions: Sequence[str], unnorm_key: str | None = None
     ) -> np.ndarray:
         """Greedy -> unnormalised action chunk (B, chunk_size, action_dim) float32."""
-        from crane_x7_vla.models.generate import greedy_action_tokens as predict_action_tokens
+        return self.predict_chunk_from_inputs(self.prepare_inputs(images, instructions), unnorm_key)
 
-        tokens = predict_action_tokens(self, self.prepare_inputs(images, instructions))
-        return self.decode_action_chunk(tokens, unnorm_key)
+    def predict_chunk_from_inputs(self, inputs: ModelInputs, unnorm_key: str | None = None) -> np.ndarray:
+        """Greedy chunk (B, chunk_size, action_dim) for inputs from ``prepare_inputs`` (lets callers time the two)."""
+        from crane_x7_vla.models.generate import greedy_action_tokens
+
+        return self.decode_action_chunk(greedy_action_tokens(self, inputs), unnorm_key)
 
     def predict_action(
         self, images: Sequence[SampleImages], instructions: Sequence[str], unnorm_key: str | None = None

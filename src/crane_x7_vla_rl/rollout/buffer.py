@@ -18,9 +18,9 @@ import torch
 class Segment:
     """One segment of N envs x T steps, as written by the collector."""
 
-    images: torch.Tensor  # [T, N, H, W, 3] uint8
-    tokens: torch.Tensor  # [T, N, D] long, sampled action tokens
-    log_probs: torch.Tensor  # [T, N] sum of the D action-token log-probs at sampling time
+    images: torch.Tensor  # [T, N, H, W, 3] uint8 ([T, N, k, H, W, 3] for k-frame policies, oldest first)
+    tokens: torch.Tensor  # [T, N, K] long, sampled action tokens (K = the policy's num_action_tokens, not action_dim)
+    log_probs: torch.Tensor  # [T, N] sum of the K action-token log-probs at sampling time
     values: torch.Tensor  # [T, N] V(s_t)
     next_values: torch.Tensor  # [T, N] V(s_{t+1}) of the observation the step produced
     rewards: torch.Tensor  # [T, N]
@@ -38,8 +38,8 @@ class Segment:
 class RolloutBatch:
     """All segments of one update concatenated along the episode axis ([T, E], E = S*N)."""
 
-    images: torch.Tensor  # [T, E, H, W, 3] uint8
-    tokens: torch.Tensor  # [T, E, D]
+    images: torch.Tensor  # [T, E, H, W, 3] uint8 (or [T, E, k, H, W, 3])
+    tokens: torch.Tensor  # [T, E, K]
     log_probs: torch.Tensor  # [T, E]
     values: torch.Tensor  # [T, E]
     next_values: torch.Tensor  # [T, E]

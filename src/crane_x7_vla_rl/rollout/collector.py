@@ -9,6 +9,10 @@ need one extra value call for their final observation (truncation bootstrap).
 
 A simulator may give each env its own instruction through ``reset()``'s ``info["instruction"]`` (a sequence
 of N strings); otherwise every env gets the configured instruction.
+
+Multi-frame policies (``policy.history = k > 1``, MiniVLA history2) see the last k observations of their env,
+oldest first, with the reset observation repeated at an episode start (the published rollout). The stacks are
+what the buffer stores ([T, N, k, H, W, 3]), so the update re-evaluates exactly the inputs that were acted on.
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ class EpisodeResult:
     length: int
     instruction: str
     frames: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 video frames (eval only)
+    stages: set[str] = field(default_factory=set)  # task stages reached at any step (PROGRESS_KEYS present in info)
+
+
+# Boolean per-env info keys a task may report (PickPlace does): where a failing policy gets stuck.
+PROGRESS_KEYS = ("reached", "is_grasped", "lifted", "over_goal")
 
 
 def env_instructions(info: dict[str, Any], num_envs: int, default: str) -> list[str]:
@@ -57,6 +66,34 @@ def env_instructions(info: dict[str, Any], num_envs: int, default: str) -> list[
     return [default] * num_envs
 
 
+class FrameStack:
+    """The last ``length`` observations of every env: (N, H, W, 3) when length is 1, else (N, length, H, W, 3)."""
+
+    def __init__(self, length: int) -> None:
+        if length < 1:
+            raise ValueError(f"history length must be >= 1, got {length}")
+        self.length = length
+        self._frames: list[np.ndarray] = []
+
+    def reset(self, rgb: np.ndarray) -> np.ndarray:
+        """Episode start: the first observation fills the history."""
+        self._frames = [self._own(rgb)] * self.length
+        return self.current()
+
+    def push(self, rgb: np.ndarray) -> np.ndarray:
+        self._frames = [*self._frames[1:], self._own(rgb)]
+        return self.current()
+
+    def _own(self, rgb: np.ndarray) -> np.ndarray:
+        # A simulator may render into the same buffer every step: kept frames must be copies.
+        return np.array(rgb, copy=True) if self.length > 1 else np.asarray(rgb)
+
+    def current(self) -> np.ndarray:
+        if self.length == 1:
+            return self._frames[0]
+        return np.stack(self._frames, axis=1)  # (N, length, H, W, 3), oldest first
+
+
 def _bool(x: Any, n: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(x, dtype=bool).reshape(-1), (n,)).copy()
 
@@ -71,6 +108,7 @@ class RolloutCollector:
         self.temperature = temperature
         self.device = device
         self.group_size = group_size
+        self.history = int(getattr(policy, "history", 1) or 1)  # frames per policy input (MiniVLA history2: 2)
 
     def reset(self, seed: int) -> tuple[Any, list[str]]:
         """Reset every env; env i gets seed ``seed + i`` (GRPO: ``seed + i // group_size``, shared per group)."""
@@ -93,8 +131,9 @@ class RolloutCollector:
         """Run one segment of N episodes and return its transitions (tensors on ``self.device``)."""
         n, T, dev = self.sim.num_envs, self.max_steps, self.device
         obs, instructions = self.reset(seed)
-        h, w = obs.rgb_image.shape[1:3]
-        images = torch.zeros((T, n, h, w, 3), dtype=torch.uint8, device=dev)
+        stack = FrameStack(self.history)
+        frames = stack.reset(np.asarray(obs.rgb_image))  # (n, [k,] H, W, 3)
+        images = torch.zeros((T, *frames.shape), dtype=torch.uint8, device=dev)
         tokens: torch.Tensor | None = None
         log_probs = torch.zeros((T, n), device=dev)
         values = torch.zeros((T, n), device=dev)
@@ -114,7 +153,7 @@ class RolloutCollector:
             if idx.size == 0:
                 break
             steps = t + 1
-            rgb = np.asarray(obs.rgb_image)
+            rgb = frames
             act_instr = [instructions[i] for i in idx]
             out = self.policy.act(rgb[idx], act_instr, self.temperature, generator)
             if tokens is None:
@@ -136,6 +175,7 @@ class RolloutCollector:
             last_action = full
             res = self.sim.step(full)
             obs = res.observation
+            frames = stack.push(np.asarray(obs.rgb_image))
             r = torch.as_tensor(np.asarray(res.reward, dtype=np.float32).reshape(-1)[idx], device=dev)
             term = _bool(res.terminated, n)[idx]
             trunc = _bool(res.truncated, n)[idx]
@@ -152,8 +192,7 @@ class RolloutCollector:
             if boot.size:
                 # Truncation bootstrap: V of the observation this step produced, taken now because a frozen
                 # env keeps being stepped (holding its action) and its observation moves on.
-                rgb_next = np.asarray(obs.rgb_image)
-                v = self.policy.value(rgb_next[boot], [instructions[i] for i in boot]).to(dev).float()
+                v = self.policy.value(frames[boot], [instructions[i] for i in boot]).to(dev).float()
                 next_values[t, torch.as_tensor(boot, device=dev)] = v
             active[idx[term | trunc]] = False
         assert tokens is not None
@@ -174,6 +213,8 @@ class RolloutCollector:
         """Evaluation: N episodes from ``seed``; the first ``record`` envs get video frames."""
         n = self.sim.num_envs
         obs, instructions = self.reset(seed)
+        stack = FrameStack(self.history)
+        frames = stack.reset(np.asarray(obs.rgb_image))
         results = [EpisodeResult(seed=seed + i, success=False, episode_return=0.0, length=0,
                                  instruction=instructions[i]) for i in range(n)]
         active = np.ones(n, dtype=bool)
@@ -185,8 +226,7 @@ class RolloutCollector:
                 break
             if record:
                 self._record(results, active, record, camera)
-            rgb = np.asarray(obs.rgb_image)
-            out = self.policy.act(rgb[idx], [instructions[i] for i in idx], temp, generator)
+            out = self.policy.act(frames[idx], [instructions[i] for i in idx], temp, generator)
             act = self.policy.decode_actions(out.tokens)
             if last_action is None:
                 last_action = np.repeat(act[:1], n, axis=0)
@@ -194,11 +234,13 @@ class RolloutCollector:
             full[idx] = act
             last_action = full
             res = self.sim.step(full)
-            obs = res.observation
+            frames = stack.push(np.asarray(res.observation.rgb_image))
             reward = np.asarray(res.reward, dtype=np.float32).reshape(-1)
             done = _bool(res.terminated, n) | _bool(res.truncated, n)
             succ = _bool(res.info.get("success", False), n)
+            progress = {k: _bool(res.info[k], n) for k in PROGRESS_KEYS if k in res.info}
             for i in idx:
+                results[i].stages.update(k for k, v in progress.items() if v[i])
                 results[i].episode_return += float(reward[i])
                 results[i].length += 1
                 results[i].success |= bool(succ[i])
