@@ -57,12 +57,13 @@ class Scale:
     rl_envs: int
     rl_rollouts: int  # episodes per update
     rl_lr: float
-    max_steps: int  # episode horizon (the expert needs ~71 steps)
+    max_steps: int  # episode horizon (the expert needs ~60 steps)
+    action_noise: float = 0.005  # DART noise (rad) on the expert's executed arm targets while recording
 
 
 QUICK = Scale(demos=40, preset="small-cpu", sft_steps=400, batch_size=16, lr=3e-4, eval_episodes=100, eval_envs=10,
               rl_updates=4, rl_envs=2, rl_rollouts=2, rl_lr=1e-4, max_steps=100)
-FULL = Scale(demos=200, preset="small", sft_steps=5000, batch_size=128, lr=3e-4, eval_episodes=200, eval_envs=25,
+FULL = Scale(demos=240, preset="small", sft_steps=3000, batch_size=128, lr=3e-4, eval_episodes=200, eval_envs=25,
              rl_updates=40, rl_envs=16, rl_rollouts=16, rl_lr=1e-4, max_steps=100)
 
 
@@ -104,8 +105,10 @@ class Workflow:
             return
         # Recording appends: continue at the next seed so every episode is distinct.
         out = run([*self.cli, "expert", "--simulator", "mujoco", "--episodes", str(self.scale.demos - have),
-                   "--seed", str(have), "--record", str(demos), "--json"], self.step_seconds, self.logs / "data.log")
-        print(f"data: {out['successes']}/{out['episodes']} expert successes in {out['seconds']} s")
+                   "--seed", str(have), "--record", str(demos), "--action-noise", str(self.scale.action_noise),
+                   "--json"], self.step_seconds, self.logs / "data.log")
+        print(f"data: {out['successes']}/{out['episodes']} expert successes in {out['seconds']} s (only successful "
+              "episodes are trained on)")
 
     def sft(self) -> None:
         run_dir = self.work / "sft"
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-seconds", type=float, default=600.0, help="time limit of one sub-command (default 600)")
     p.add_argument("--docs", type=Path, default=REPO / "docs", help="where results.md and results/ go")
     for field in Scale.__dataclass_fields__:  # every scale value can be overridden, e.g. --sft-steps 100
-        kind: type = str if field == "preset" else float if field.endswith("lr") else int
+        kind: type = str if field == "preset" else float if field.endswith(("lr", "noise")) else int
         p.add_argument(f"--{field.replace('_', '-')}", type=kind, default=None, help="override the scale's value")
     args = p.parse_args(argv)
     base = QUICK if args.quick else FULL

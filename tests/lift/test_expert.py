@@ -83,3 +83,27 @@ def test_isaacsim_fails_fast_with_what_to_do() -> None:
     with pytest.raises(SimulatorUnavailableError, match="maniskill") as info:
         create_simulator("isaacsim", SimulatorConfig())
     assert "Isaac Sim" in str(info.value)
+
+
+@needs_mujoco
+def test_action_noise_perturbs_the_states_but_records_clean_expert_labels() -> None:
+    sim = create_simulator("mujoco", SimulatorConfig(render_images=False, max_episode_steps=12))
+    expert = ScriptedExpert(1, sim.config.sim_rate)
+    try:
+        clean = run_episode(sim, expert, 3, record=True)["trajectory"]
+        noisy = run_episode(sim, expert, 3, record=True, action_noise=0.01)["trajectory"]
+        again = run_episode(sim, expert, 3, record=True, action_noise=0.01)["trajectory"]
+    finally:
+        sim.close()
+    _, clean_actions, clean_qpos = clean
+    _, noisy_actions, noisy_qpos = noisy
+    assert np.array_equal(noisy_qpos, again[2])  # the noise is a function of the episode seed
+    assert np.array_equal(noisy_actions[0], clean_actions[0])  # label of the untouched first state
+    assert not np.allclose(noisy_qpos[2:, :7], clean_qpos[2:, :7], atol=1e-3)  # executed noise moved the arm
+    # Labels come from the expert's own (noise-free) command chain: they stay on the nominal path.
+    assert np.abs(noisy_actions[:, :7] - clean_actions[:, :7]).max() < 0.05
+
+
+def test_expert_cli_rejects_a_huge_action_noise(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["expert", "--episodes", "1", "--action-noise", "0.5"]) == 2
+    assert "--action-noise must be in [0, 0.2]" in capsys.readouterr().err

@@ -28,11 +28,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env-id", default="PickPlace-CRANE-X7")
     parser.add_argument("--max-steps", type=int, default=200, help="episode horizon (default 200)")
     parser.add_argument("--image-size", type=int, default=224, help="square wrist image size when recording")
+    parser.add_argument("--action-noise", type=float, default=0.0, metavar="RAD",
+                        help="DART-style: execute the expert's arm targets plus N(0, RAD^2) noise but record the "
+                             "clean targets, so demos show how to recover from small errors (default 0)")
     parser.add_argument("--json", action="store_true", help="print only the final JSON object")
 
 
-def run_episode(sim: Any, expert: Any, seed: int, record: bool) -> dict[str, Any]:
-    """One expert episode on a 1-env simulator; returns the result and (if ``record``) the trajectory."""
+def run_episode(sim: Any, expert: Any, seed: int, record: bool, action_noise: float = 0.0) -> dict[str, Any]:
+    """One expert episode on a 1-env simulator; returns the result and (if ``record``) the trajectory.
+
+    With ``action_noise`` the arm joints (not the gripper) are executed with Gaussian noise while the recorded
+    label stays the expert's clean target: the expert's own command does not follow the noise, so its absolute
+    targets lead back to the nominal path (DART, Laskey et al. 2017)."""
+    from crane_x7_vla.lift.actions import clip_to_limits
+
+    rng = np.random.default_rng(seed)
     obs, _ = sim.reset(seed=seed)
     expert.reset()
     images, actions, qpos = [], [], []
@@ -43,7 +53,12 @@ def run_episode(sim: Any, expert: Any, seed: int, record: bool) -> dict[str, Any
             images.append(obs.rgb_image[0])
             actions.append(action[0])
             qpos.append(obs.qpos[0])
-        result = sim.step(action)
+        executed = action
+        if action_noise > 0:
+            executed = action.copy()
+            executed[:, :-1] += rng.normal(0.0, action_noise, size=executed[:, :-1].shape).astype(action.dtype)
+            executed = clip_to_limits(executed)  # noise must not push a target past a joint limit
+        result = sim.step(executed)
         obs = result.observation
         if result.terminated[0] or result.truncated[0]:
             success = bool(result.terminated[0])
@@ -63,6 +78,9 @@ def main(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         print("crane-x7-vla expert: --episodes must be >= 1", file=sys.stderr)
         return 2
+    if not 0.0 <= args.action_noise <= 0.2:
+        print(f"crane-x7-vla expert: --action-noise must be in [0, 0.2] rad, got {args.action_noise}", file=sys.stderr)
+        return 2
     record = args.record is not None
     config = SimulatorConfig(
         env_id=args.env_id, backend=args.backend, max_episode_steps=args.max_steps, num_envs=1,
@@ -80,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         for i in range(args.episodes):
-            res = run_episode(sim, expert, args.seed + i, record)
+            res = run_episode(sim, expert, args.seed + i, record, args.action_noise)
             if writer is not None:
                 images, actions, qpos = res.pop("trajectory")
                 writer.add(Episode(images, actions, qpos, task.instruction, res["success"], res["seed"]))
