@@ -212,13 +212,18 @@ class Workflow:
                     shutil.copyfile(src, tmp)
                 copied.append(dst.name)
         sft_state = json.loads((self.work / "sft" / "checkpoint_latest" / "sft_state.json").read_text())
+        updates = max((json.loads(line).get("update", 0) for line in metrics.read_text().splitlines() if line.strip()),
+                      default=0) if metrics.is_file() else 0
         table = [f"Scale: `{json.dumps(asdict(self.scale))}`, device `{self.device}`, SFT steps "
-                 f"{sft_state['step']}, measured {time.strftime('%Y-%m-%d')}.", "",
-                 "| policy | success | 95% CI (Wilson) | episodes | mean return |", "|---|---|---|---|---|"]
+                 f"{sft_state['step']}, PPO updates done {updates}, measured {time.strftime('%Y-%m-%d')}.", "",
+                 "Greedy evaluation, binary success; the stage columns say how far episodes got (any step).", "",
+                 "| policy | success | 95% CI (Wilson) | episodes | reached cube | grasped | lifted |",
+                 "|---|---|---|---|---|---|---|"]
         for label, r in rows:
+            st = r.get("stage_rates", {})
             table.append(f"| {label} | {r['successes']}/{r['num_episodes']} = {r['success_rate']:.3f} | "
                          f"{r['ci95_low']:.3f} - {r['ci95_high']:.3f} | {r['num_episodes']} | "
-                         f"{r.get('mean_return', float('nan')):.3f} |")
+                         f"{st.get('reached', 0.0):.3f} | {st.get('is_grasped', 0.0):.3f} | {st.get('lifted', 0.0):.3f} |")
         table += ["", f"![success vs update](results/{plot.name})", ""]
         table += [f"- video: [results/{name}](results/{name})" for name in copied]
         update_section(self.docs / "results.md", "\n".join(table))

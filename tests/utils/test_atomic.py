@@ -29,3 +29,16 @@ def test_directory_replaced_whole(tmp_path: Path) -> None:
         (d / "y").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["y"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_results_get_the_permissions_of_a_plain_write(tmp_path: Path) -> None:
+    import os
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    (tmp_path / "plain_dir").mkdir()
+    write_text_atomic(tmp_path / "atomic.txt", "x")
+    with atomic_directory(tmp_path / "atomic_dir") as d:
+        (d / "f").write_text("x")
+    assert os.stat(tmp_path / "atomic.txt").st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+    assert os.stat(tmp_path / "atomic_dir").st_mode & 0o777 == os.stat(tmp_path / "plain_dir").st_mode & 0o777

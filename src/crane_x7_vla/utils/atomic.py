@@ -16,6 +16,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; put it straight back (done once per write: cheap).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -35,6 +42,9 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Pa
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes 0600 files; give the result the mode a plain open() would (a checkpoint written in a
+        # container must stay readable by the host user and by other services).
+        os.chmod(tmp_path, 0o666 & ~_umask())
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
@@ -64,6 +74,7 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 directories; see atomic_path
         old: Path | None = None
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
