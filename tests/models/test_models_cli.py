@@ -37,3 +37,22 @@ def test_cli_modules_do_not_import_torch_at_import_time() -> None:
         "sys.exit(int('torch' in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_predict_prints_the_whole_vq_chunk_of_a_history2_minivla(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "mv"
+    assert main(["make-tiny-checkpoint", str(out), "--family", "minivla", "--vq", "--history2", "--seed", "5",
+                 "--action-dim", "8"]) == 0
+    imgs = []
+    for i in range(3):
+        imgs.append(tmp_path / f"f{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(imgs[-1])
+    capsys.readouterr()
+    args = ["predict", "--model", str(out), "--instruction", "pick up the red block", "--json", "--image"]
+    assert main([*args, str(imgs[0]), str(imgs[1])]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(last["chunk"]) == 8 and all(len(step) == 8 for step in last["chunk"])
+    assert last["action"] == last["chunk"][0]
+    assert main([*args, str(imgs[0]), str(imgs[1]), str(imgs[2])]) == 2  # 3 frames for a 2-frame model
+    assert "image" in capsys.readouterr().err.lower()
