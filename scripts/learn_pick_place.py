@@ -59,6 +59,7 @@ class Scale:
     rl_lr: float
     max_steps: int  # episode horizon (the expert needs ~60 steps)
     action_noise: float = 0.005  # DART noise (rad) on the expert's executed arm targets while recording
+    camera: str = "wrist"  # the camera of the demos, the RL rollouts and the evaluations ("third_person" too)
 
 
 QUICK = Scale(demos=40, preset="small-cpu", sft_steps=400, batch_size=16, lr=3e-4, eval_episodes=100, eval_envs=10,
@@ -106,7 +107,7 @@ class Workflow:
         # Recording appends: continue at the next seed so every episode is distinct.
         out = run([*self.cli, "expert", "--simulator", "mujoco", "--episodes", str(self.scale.demos - have),
                    "--seed", str(have), "--record", str(demos), "--action-noise", str(self.scale.action_noise),
-                   "--json"], self.step_seconds, self.logs / "data.log")
+                   "--camera", self.scale.camera, "--json"], self.step_seconds, self.logs / "data.log")
         print(f"data: {out['successes']}/{out['episodes']} expert successes in {out['seconds']} s (only successful "
               "episodes are trained on)")
 
@@ -134,7 +135,8 @@ class Workflow:
             print(f"{name}: done ({target})")
             return
         out = run([*self.rl_cli, "evaluate", "--checkpoint", str(checkpoint), "--simulator", "mujoco",
-                   "--backend", "cpu", "--num-episodes", str(self.scale.eval_episodes), "--seed", str(EVAL_SEED),
+                   "--camera", self.scale.camera, "--backend", "cpu", "--num-episodes", str(self.scale.eval_episodes),
+                   "--seed", str(EVAL_SEED),
                    "--num-parallel-envs", str(self.scale.eval_envs), "--device", self.device],
                   self.step_seconds, self.logs / f"{name}.log")
         out["checkpoint"] = str(checkpoint)
@@ -153,7 +155,8 @@ class Workflow:
             vdir = self.work / f"{name}_videos" / outcome
             try:
                 run([*self.rl_cli, "evaluate", "--checkpoint", str(checkpoint), "--simulator", "mujoco",
-                     "--backend", "cpu", "--num-episodes", "1", "--seed", str(ep["seed"]), "--num-parallel-envs",
+                     "--camera", self.scale.camera, "--backend", "cpu", "--num-episodes", "1", "--seed", str(ep["seed"]),
+                     "--num-parallel-envs",
                      "1", "--num-videos", "1", "--video-dir", str(vdir), "--device", self.device],
                     self.step_seconds, self.logs / f"{name}.log")
             except (RuntimeError, StepIncomplete) as exc:  # a missing video must not lose the evaluation
@@ -235,7 +238,8 @@ def rl_yaml(s: Scale, device: str) -> str:
         "device": device, "num_updates": s.rl_updates, "log_interval": 1, "eval_interval": max(1, s.rl_updates // 4),
         "save_interval": 1, "num_eval_episodes": max(4, s.eval_envs), "save_eval_videos": False,
         "rollout": {"simulator": "mujoco", "backend": "cpu", "num_parallel_envs": s.rl_envs,
-                    "num_rollouts_per_update": s.rl_rollouts, "max_steps": s.max_steps, "reward_mode": "staged"},
+                    "num_rollouts_per_update": s.rl_rollouts, "max_steps": s.max_steps, "reward_mode": "staged",
+                    "camera": s.camera},
         "ppo": {"learning_rate": s.rl_lr, "minibatch_size": 64},
     }
     return json.dumps(cfg, indent=2) + "\n"  # JSON is valid YAML
@@ -284,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-seconds", type=float, default=600.0, help="time limit of one sub-command (default 600)")
     p.add_argument("--docs", type=Path, default=REPO / "docs", help="where results.md and results/ go")
     for field in Scale.__dataclass_fields__:  # every scale value can be overridden, e.g. --sft-steps 100
-        kind: type = str if field == "preset" else float if field.endswith(("lr", "noise")) else int
+        kind: type = str if field in ("preset", "camera") else float if field.endswith(("lr", "noise")) else int
         p.add_argument(f"--{field.replace('_', '-')}", type=kind, default=None, help="override the scale's value")
     args = p.parse_args(argv)
     base = QUICK if args.quick else FULL

@@ -238,6 +238,7 @@ FLAG_KEYS: dict[str, str] = {
     "num_epochs": "ppo.num_epochs",
     "instruction": "language_instruction",
     "wandb_project": "wandb_project",
+    "camera": "rollout.camera",
 }
 # store_true flags: only an explicit True overrides (absent means "not given").
 BOOL_FLAG_KEYS: dict[str, str] = {"use_wandb": "use_wandb", "render": "render"}

@@ -107,3 +107,17 @@ def test_action_noise_perturbs_the_states_but_records_clean_expert_labels() -> N
 def test_expert_cli_rejects_a_huge_action_noise(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["expert", "--episodes", "1", "--action-noise", "0.5"]) == 2
     assert "--action-noise must be in [0, 0.2]" in capsys.readouterr().err
+
+
+@needs_mujoco
+def test_expert_records_the_chosen_camera(tmp_path: Path) -> None:
+    views = {}
+    for camera in ("wrist", "third_person"):
+        out = tmp_path / camera
+        assert cli.main(["expert", "--episodes", "1", "--max-steps", "2", "--record", str(out), "--camera", camera,
+                         "--image-size", "64", "--json"]) == 0
+        ds = DemoDataset(out)
+        assert json.loads((out / "meta.json").read_text())["camera"] == camera
+        views[camera] = ds.episode(0).images[0]
+    assert views["wrist"].shape == views["third_person"].shape == (64, 64, 3)
+    assert np.abs(views["wrist"].astype(int) - views["third_person"].astype(int)).mean() > 10  # other viewpoint

@@ -27,7 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("cpu", "gpu"), default="cpu", help="simulator backend (default cpu)")
     parser.add_argument("--env-id", default="PickPlace-CRANE-X7")
     parser.add_argument("--max-steps", type=int, default=200, help="episode horizon (default 200)")
-    parser.add_argument("--image-size", type=int, default=224, help="square wrist image size when recording")
+    parser.add_argument("--image-size", type=int, default=224, help="square camera image size when recording")
+    parser.add_argument("--camera", choices=("wrist", "third_person"), default="wrist",
+                        help="camera recorded with --record (default wrist; train and evaluate with the same one)")
     parser.add_argument("--action-noise", type=float, default=0.0, metavar="RAD",
                         help="DART-style: execute the expert's arm targets plus N(0, RAD^2) noise but record the "
                              "clean targets, so demos show how to recover from small errors (default 0)")
@@ -84,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
     record = args.record is not None
     config = SimulatorConfig(
         env_id=args.env_id, backend=args.backend, max_episode_steps=args.max_steps, num_envs=1,
-        render_images=record, image_size=(args.image_size, args.image_size),
+        render_images=record, image_size=(args.image_size, args.image_size), camera=args.camera,
     )
     try:
         task = get_task(args.env_id)

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", help="cpu / gpu (env LIFT_BACKEND)")
     train.add_argument("--num-parallel-envs", type=int)
     train.add_argument("--render", action="store_true", help="live visualisation")
+    train.add_argument("--camera", choices=("wrist", "third_person"), help="camera the policy sees (default wrist)")
     train.add_argument("--num-updates", type=int)
     train.add_argument("--num-rollouts", type=int, help="rollouts (episodes) per update")
     train.add_argument("--learning-rate", type=float)
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--env-id", default=None, help="default: the checkpoint's, else PickPlace-CRANE-X7")
     ev.add_argument("--seed", type=int, default=42, help="episode e of batch b starts from seed + b*envs + e")
     ev.add_argument("--render", action="store_true")
+    ev.add_argument("--camera", choices=("wrist", "third_person"), default=None,
+                    help="camera the policy sees (default: the checkpoint's, else wrist; match the SFT demos)")
     ev.add_argument("--backend", default=None, help="cpu / gpu (default: the checkpoint's)")
     ev.add_argument("--num-parallel-envs", type=int, default=None)
     ev.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: eval_temperature)")
