@@ -30,6 +30,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from crane_x7_vla.utils.history import SlidingWindow
+
 STAMP_SKEW_TOLERANCE = 0.05  # s a stamp may lie in our future and still count as comparable
 MAX_PLAUSIBLE_DELAY = 2.0  # s; a larger apparent delay means the clocks are not comparable
 MAX_PIXELS = 4096 * 4096  # decoded-size guard (a small JPEG can declare a huge image)
@@ -117,26 +119,17 @@ class FrameSlot:
         return frame
 
 
-class FrameWindow:
-    """The last ``length`` distinct frames, oldest first; the first frame after a reset fills the window."""
+class FrameWindow(SlidingWindow[Frame]):
+    """The last ``length`` distinct frames, oldest first; the first frame after a reset fills the window.
 
-    def __init__(self, length: int) -> None:
-        if length < 1:
-            raise ValueError(f"history length must be >= 1, got {length}")
-        self.length = length
-        self._frames: list[Frame] = []
-
-    def reset(self) -> None:
-        """Forget the history (new instruction, reconnect): the next frame is repeated, never mixed with old ones."""
-        self._frames = []
+    ``reset`` (new instruction, reconnect) makes the next frame repeat, never mixed with old ones."""
 
     def push(self, frame: Frame) -> list[Frame]:
         """Add ``frame`` (ignored when it is already the newest) and return the window ``[t-length+1 .. t]``."""
-        if not self._frames:
-            self._frames = [frame] * self.length
-        elif self._frames[-1].seq != frame.seq:
-            self._frames = [*self._frames[1:], frame]
-        return list(self._frames)
+        newest = self.newest
+        if newest is not None and newest.seq == frame.seq:
+            return list(self._items)
+        return super().push(frame)
 
 
 def image_kind(fmt: str) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from crane_x7_vla.models.processing import ImageLike
+from crane_x7_vla.utils.history import SlidingWindow
 
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 QWEN_PROMPT = (
@@ -62,23 +63,8 @@ def sample_frames(item: SampleImages, image_sequence_len: int, use_wrist_image: 
     raise ValueError(f"this MiniVLA takes {want} per sample, got {len(frames)} image(s)")
 
 
-class FrameHistory:
+class FrameHistory(SlidingWindow[ImageLike]):
     """The last ``length`` frames of one camera, oldest first; the first frame fills the window (episode start)."""
 
     def __init__(self, length: int = 2) -> None:
-        if length < 1:
-            raise ValueError(f"history length must be >= 1, got {length}")
-        self.length = length
-        self._frames: list[ImageLike] = []
-
-    def reset(self) -> None:
-        """Call at an episode boundary so the next frame is repeated instead of mixing episodes."""
-        self._frames = []
-
-    def push(self, frame: ImageLike) -> list[ImageLike]:
-        """Add the newest frame; return the window ``[t-length+1, ..., t]``."""
-        if not self._frames:
-            self._frames = [frame] * self.length
-        else:
-            self._frames = [*self._frames[1:], frame]
-        return list(self._frames)
+        super().__init__(length)

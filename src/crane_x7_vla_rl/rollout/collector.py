@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from crane_x7_vla.lift.interface import Simulator
+from crane_x7_vla.utils.history import SlidingWindow
 from crane_x7_vla_rl.rollout.buffer import Segment
 
 
@@ -70,28 +71,18 @@ class FrameStack:
     """The last ``length`` observations of every env: (N, H, W, 3) when length is 1, else (N, length, H, W, 3)."""
 
     def __init__(self, length: int) -> None:
-        if length < 1:
-            raise ValueError(f"history length must be >= 1, got {length}")
+        self.window: SlidingWindow[np.ndarray] = SlidingWindow(length)
         self.length = length
-        self._frames: list[np.ndarray] = []
 
     def reset(self, rgb: np.ndarray) -> np.ndarray:
         """Episode start: the first observation fills the history."""
-        self._frames = [self._own(rgb)] * self.length
-        return self.current()
+        self.window.reset()
+        return self.push(rgb)
 
     def push(self, rgb: np.ndarray) -> np.ndarray:
-        self._frames = [*self._frames[1:], self._own(rgb)]
-        return self.current()
-
-    def _own(self, rgb: np.ndarray) -> np.ndarray:
         # A simulator may render into the same buffer every step: kept frames must be copies.
-        return np.array(rgb, copy=True) if self.length > 1 else np.asarray(rgb)
-
-    def current(self) -> np.ndarray:
-        if self.length == 1:
-            return self._frames[0]
-        return np.stack(self._frames, axis=1)  # (N, length, H, W, 3), oldest first
+        frames = self.window.push(np.array(rgb, copy=True) if self.length > 1 else np.asarray(rgb))
+        return frames[0] if self.length == 1 else np.stack(frames, axis=1)  # (N, length, H, W, 3), oldest first
 
 
 def _bool(x: Any, n: int) -> np.ndarray:
