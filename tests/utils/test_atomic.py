@@ -42,3 +42,12 @@ def test_results_get_the_permissions_of_a_plain_write(tmp_path: Path) -> None:
         (d / "f").write_text("x")
     assert os.stat(tmp_path / "atomic.txt").st_mode & 0o777 == os.stat(plain).st_mode & 0o777
     assert os.stat(tmp_path / "atomic_dir").st_mode & 0o777 == os.stat(tmp_path / "plain_dir").st_mode & 0o777
+
+
+def test_a_mode_set_inside_the_block_is_kept(tmp_path: Path) -> None:
+    import os
+
+    with atomic_path(tmp_path / "secret.env") as tmp:
+        tmp.write_text("TOKEN=x")
+        os.chmod(tmp, 0o600)
+    assert os.stat(tmp_path / "secret.env").st_mode & 0o777 == 0o600

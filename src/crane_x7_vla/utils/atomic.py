@@ -41,10 +41,11 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Pa
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
         # mkstemp makes 0600 files; give the result the mode a plain open() would (a checkpoint written in a
-        # container must stay readable by the host user and by other services).
+        # container must stay readable by the host user). Set before the caller writes, so a caller that
+        # chmods the temp file (a secrets file: 0600) keeps its mode.
         os.chmod(tmp_path, 0o666 & ~_umask())
+        yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
@@ -73,8 +74,8 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 directories; see atomic_path
+        yield tmp
         old: Path | None = None
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
