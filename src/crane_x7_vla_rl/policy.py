@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from crane_x7_vla.inference.settings import model_io
+
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 VALUE_HEAD_WEIGHTS = "value_head.safetensors"
@@ -90,8 +92,8 @@ class VLAActorCritic(nn.Module):
         super().__init__()
         from peft import LoraConfig, inject_adapter_in_model
 
-        cfg = getattr(vla, "config", None)
-        if getattr(cfg, "use_wrist_image", False):
+        io = model_io(vla)  # the same reading of the model's inputs/outputs the inference service uses
+        if io.wrist:
             raise ValueError(
                 "this MiniVLA takes [third_person, wrist] images, but RL observations carry one camera "
                 "(rollout.camera); fine-tune a single-camera checkpoint (minivla-*, -vq- or -history2-) instead")
@@ -115,8 +117,8 @@ class VLAActorCritic(nn.Module):
         self.action_dim = int(getattr(vla, "action_dim", 0) or 0)
         # Tokens per RL action: never assumed equal to action_dim (VQ: 7 tokens -> an 8 x action_dim chunk).
         self.num_action_tokens = int(getattr(vla, "num_action_tokens", 0) or self.action_dim)
-        self.chunk_size = int(getattr(vla, "chunk_size", 1) or 1)  # actions decoded per query; step 0 is run
-        self.history = int(getattr(cfg, "image_sequence_len", 1) or 1)  # frames per sample, oldest first
+        self.chunk_size = io.chunk_size  # actions decoded per query; step 0 is run
+        self.history = io.history  # frames per sample, oldest first
         self.gradient_checkpointing = False
         if gradient_checkpointing:
             self.set_gradient_checkpointing(True)
