@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from crane_x7_vla.inference.settings import ENV_VQ_PATH
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint directory, Hub id, or LoRA adapter directory")
@@ -23,7 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unnorm-key", default=None, help="dataset key of the action statistics")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--vq-path", default=None,
-                        help="MiniVLA VQ checkpoints: directory or Hub id of the residual-VQ weights (VLA_VQ_PATH)")
+                        help=f"MiniVLA VQ checkpoints: directory or Hub id of the residual-VQ weights ({ENV_VQ_PATH})")
     parser.add_argument("--json", action="store_true", help='print {"action": [...]} as the last line')
 
 
@@ -41,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
             return 2
         with Image.open(path) as im:
             images.append(im.convert("RGB"))
-    vq_path = args.vq_path or os.environ.get("VLA_VQ_PATH") or None
+    vq_path = args.vq_path or os.environ.get(ENV_VQ_PATH) or None
     model = load_vla(args.model, device=args.device, unnorm_key=args.unnorm_key, vq_path=vq_path)
     sample = images[0] if len(images) == 1 else images
     try:
