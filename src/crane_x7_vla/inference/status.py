@@ -55,10 +55,10 @@ class StatusTracker:
         self.last_error: str | None = None
 
     def record_tick(self, timing: TickTiming, published_at: float) -> None:
+        """An action published from a model run: its stage timings, then the publish."""
         for stage in STAGES:
             self._timings[stage].append(getattr(timing, stage))
-        self._publish_times.append(published_at)
-        self.published += 1
+        self.record_open_loop(published_at)
 
     def record_open_loop(self, published_at: float) -> None:
         """An action published from a queued chunk step (no model run: counts for the rate, not the latencies)."""

@@ -144,16 +144,15 @@ class RolloutCollector:
             if idx.size == 0:
                 break
             steps = t + 1
-            rgb = frames
             act_instr = [instructions[i] for i in idx]
-            out = self.policy.act(rgb[idx], act_instr, self.temperature, generator)
+            out = self.policy.act(frames[idx], act_instr, self.temperature, generator)
             if tokens is None:
                 tokens = torch.zeros((T, n, out.tokens.shape[-1]), dtype=torch.long, device=dev)
             ti = torch.as_tensor(idx, device=dev)
             if t > 0:
                 # V(s_t) of the envs still running is V(s_{t+1}) of their previous step.
                 next_values[t - 1, ti] = out.value.to(dev).float()
-            images[t, ti] = torch.as_tensor(rgb[idx], device=dev)
+            images[t, ti] = torch.as_tensor(frames[idx], device=dev)
             tokens[t, ti] = out.tokens.to(dev)
             log_probs[t, ti] = out.log_prob.to(dev).float()
             values[t, ti] = out.value.to(dev).float()
