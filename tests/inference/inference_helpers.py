@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from crane_x7_vla.inference.settings import InferenceSettings
+
+
+def loopback_settings(port: int, inference_rate: float, **kw: Any) -> InferenceSettings:
+    """Service settings for a RosbridgeServer on 127.0.0.1:``port`` and the CPU tiny model."""
+    base: dict[str, Any] = dict(model_path="tiny", rosbridge_host="127.0.0.1", rosbridge_port=port, device="cpu",
+                                inference_rate=inference_rate, peer_wait_timeout=5.0, status_period=0.2)
+    return InferenceSettings(**{**base, **kw})
+
+
+async def wait_until(pred: Any, timeout: float = 10.0) -> None:
+    """Poll ``pred`` on the event loop (the condition itself is the synchronisation) until true or ``timeout``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not pred():
+        assert loop.time() < end, "condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 class RecordingPolicy:

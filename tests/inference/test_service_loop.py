@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import numpy as np
-from inference_helpers import RecordingPolicy, jpeg_bytes
+from inference_helpers import RecordingPolicy, jpeg_bytes, loopback_settings, wait_until
 
 from crane_x7_vla import robot
 from crane_x7_vla.bridge.client import RosbridgeClient
@@ -19,17 +19,10 @@ from crane_x7_vla.inference.settings import InferenceSettings
 
 
 def settings(port: int, **kw: Any) -> InferenceSettings:
-    base: dict[str, Any] = dict(model_path="tiny", rosbridge_host="127.0.0.1", rosbridge_port=port, device="cpu",
-                                inference_rate=5.0, peer_wait_timeout=5.0, status_period=0.2)
-    return InferenceSettings(**{**base, **kw})
+    return loopback_settings(port, **{"inference_rate": 5.0, **kw})
 
 
-async def until(pred: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
+until = wait_until  # 10 s default
 
 
 class Rig:

@@ -7,6 +7,7 @@ are checked synchronously on a service that never connects, with a controlled cl
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import math
 import time
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from inference_helpers import QueryRecorder, jpeg_bytes
+from inference_helpers import QueryRecorder, jpeg_bytes, loopback_settings, wait_until
 
 from crane_x7_vla import robot
 from crane_x7_vla.bridge.client import RosbridgeClient
@@ -28,17 +29,10 @@ WRIST_TOPIC = "/test_wrist/image_raw/compressed"  # a test-only name: the robot 
 
 
 def settings(port: int, **kw: Any) -> InferenceSettings:
-    base: dict[str, Any] = dict(model_path="tiny", rosbridge_host="127.0.0.1", rosbridge_port=port, device="cpu",
-                                inference_rate=20.0, peer_wait_timeout=5.0, status_period=0.2)
-    return InferenceSettings(**{**base, **kw})
+    return loopback_settings(port, **{"inference_rate": 20.0, **kw})
 
 
-async def until(pred: Any, timeout: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
+until = functools.partial(wait_until, timeout=15.0)
 
 
 def publish_frame(server: RosbridgeServer, topic: str, data: bytes) -> None:
