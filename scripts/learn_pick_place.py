@@ -134,16 +134,19 @@ class Workflow:
         if target.is_file():
             print(f"{name}: done ({target})")
             return
-        out = run([*self.rl_cli, "evaluate", "--checkpoint", str(checkpoint), "--simulator", "mujoco",
-                   "--camera", self.scale.camera, "--backend", "cpu", "--num-episodes", str(self.scale.eval_episodes),
-                   "--seed", str(EVAL_SEED),
-                   "--num-parallel-envs", str(self.scale.eval_envs), "--device", self.device],
+        out = run(self._evaluate_cmd(checkpoint, self.scale.eval_episodes, EVAL_SEED, self.scale.eval_envs),
                   self.step_seconds, self.logs / f"{name}.log")
         out["checkpoint"] = str(checkpoint)
         out["videos"] = self._videos(name, checkpoint, out.get("episodes", []))
         write_json_atomic(target, out)
         print(f"{name}: success {out['successes']}/{out['num_episodes']} = {out['success_rate']:.3f} "
               f"(95% CI {out['ci95_low']:.3f}-{out['ci95_high']:.3f})")
+
+    def _evaluate_cmd(self, checkpoint: Path, episodes: int, seed: int, envs: int) -> list[str]:
+        """The one evaluation command of this workflow (MuJoCo, the scale's camera, greedy)."""
+        return [*self.rl_cli, "evaluate", "--checkpoint", str(checkpoint), "--simulator", "mujoco", "--camera",
+                self.scale.camera, "--backend", "cpu", "--num-episodes", str(episodes), "--seed", str(seed),
+                "--num-parallel-envs", str(envs), "--device", self.device]
 
     def _videos(self, name: str, checkpoint: Path, episodes: list[dict[str, Any]]) -> dict[str, str]:
         """Replay one successful and one failed evaluation episode (same seed, batch 1) as mp4."""
@@ -154,11 +157,8 @@ class Workflow:
                 continue
             vdir = self.work / f"{name}_videos" / outcome
             try:
-                run([*self.rl_cli, "evaluate", "--checkpoint", str(checkpoint), "--simulator", "mujoco",
-                     "--camera", self.scale.camera, "--backend", "cpu", "--num-episodes", "1", "--seed", str(ep["seed"]),
-                     "--num-parallel-envs",
-                     "1", "--num-videos", "1", "--video-dir", str(vdir), "--device", self.device],
-                    self.step_seconds, self.logs / f"{name}.log")
+                run([*self._evaluate_cmd(checkpoint, 1, int(ep["seed"]), 1), "--num-videos", "1", "--video-dir",
+                     str(vdir)], self.step_seconds, self.logs / f"{name}.log")
             except (RuntimeError, StepIncomplete) as exc:  # a missing video must not lose the evaluation
                 print(f"{name}: could not record the {outcome} video: {exc}")
                 continue
