@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.profiler import record_function
 
 from crane_x7_vla.models.openvla import OpenVLA
 from crane_x7_vla.models.processing import ImageLike, ModelInputs
@@ -105,6 +106,7 @@ class OpenVLAEngine:
         text_bucket: int = 16,
         use_cuda_graphs: bool | None = None,
         compile_decode: bool = True,
+        compile_prefill: bool = True,
     ) -> None:
         self.model = model.eval()
         self.max_batch = max_batch
@@ -121,10 +123,17 @@ class OpenVLAEngine:
         self.layers: list[Any] = list(lm.layers)
         self.fused = self._fuse_weights()
         self._decode_layer: Callable[..., Tensor] = _layer_forward
-        if compile_decode and self.device.type == "cuda":
-            # Inductor fuses the decode step's ~30 small elementwise kernels per layer (RMSNorm, RoPE, SiLU,
-            # residuals) into a few; the compiled kernels are then captured in the CUDA graph like any other.
-            self._decode_layer = torch.compile(_layer_forward, dynamic=False, fullgraph=True)
+        self._prefill_layer: Callable[..., Tensor] = _layer_forward
+        if (compile_decode or compile_prefill) and self.device.type == "cuda":
+            # Inductor fuses each layer's ~30 small elementwise kernels (RMSNorm, RoPE, SiLU, residuals) into a
+            # few; the compiled kernels are then captured in the CUDA graph like any other. Every bucket is its
+            # own static shape (prefill and decode), so allow more than dynamo's default 8 entries per function.
+            import torch._dynamo.config as dynamo_config
+
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 128)
+            compiled = torch.compile(_layer_forward, dynamic=False, fullgraph=True)
+            self._decode_layer = compiled if compile_decode else _layer_forward
+            self._prefill_layer = compiled if compile_prefill else _layer_forward
         self.num_patches = model.config.vision_towers[0].num_patches
         self._graphs: dict[tuple[int, int, int], _Graph] = {}
         self._caches: dict[tuple[int, int], tuple[list[Tensor], list[Tensor]]] = {}
@@ -277,39 +286,44 @@ class OpenVLAEngine:
         cos, sin = lm.rotary_emb(x, positions)
         s = x.shape[1]
         idx = torch.arange(start, start + s, device=x.device)
-        fn = self._decode_layer if s == 1 else _layer_forward
+        fn = self._decode_layer if s == 1 else self._prefill_layer
         for i, w in enumerate(self.fused):
             x = fn(x, cos, sin, w, kv[0][i], kv[1][i], idx, mask, self.num_heads, self.num_kv_heads, self.head_dim)
         return lm.norm(x)  # type: ignore[no-any-return]
 
     def _run(self, g: _Graph, d: int) -> None:
+        # The named ranges let torch.profiler split CUDA time by phase (bench/profile_engine.py); a CUDA graph
+        # replay does not see them.
         m = self.model
         bp, t = g.batch, g.gather_idx.shape[1]
         kv = self._kv(bp, t + d)
         tmax = kv[0][0].shape[2]  # the shared cache may be longer than this bucket needs
-        patches = m.projector(m.vision_backbone(g.pixel_values))  # [Bp,P,H]
         embed = m.language_model.model.embed_tokens
-        src = torch.cat([embed(g.input_ids), patches.to(m.dtype)], dim=1)  # [Bp, Lp+P, H]
-        x = src.gather(1, g.gather_idx[:, :, None].expand(-1, -1, src.shape[-1]))
-        # Prefill mask: causal over the first T slots and only real keys; cache slots >= T masked out.
-        key_valid = F.pad(g.key_valid, (0, tmax - t), value=False)  # [Bp, Tmax]
-        causal = torch.ones(t, tmax, device=x.device, dtype=torch.bool).tril()
-        mask = causal[None, None] & key_valid[:, None, None, :]  # [Bp,1,T,Tmax]
-        # Rows that are pure padding attend to nothing; let them see themselves to avoid NaN softmax.
-        mask = mask | torch.eye(t, tmax, device=x.device, dtype=torch.bool)[None, None]
-        h = self._trunk(x, g.positions, 0, mask, kv)[:, -1]  # [Bp,H]
         lm_head = m.language_model.lm_head
-        tok = lm_head(h).argmax(dim=-1)
-        g.tokens[:, 0] = tok
-        pos = g.positions[:, -1:]
-        for step in range(1, d):
-            key_valid = key_valid.clone()
-            key_valid[:, t + step - 1] = True
-            pos = pos + 1
-            x = embed(tok[:, None])
-            h = self._trunk(x, pos, t + step - 1, key_valid[:, None, None, :], kv)[:, -1]
+        with record_function("engine.vision"):
+            patches = m.projector(m.vision_backbone(g.pixel_values))  # [Bp,P,H]
+        with record_function("engine.prefill"):
+            src = torch.cat([embed(g.input_ids), patches.to(m.dtype)], dim=1)  # [Bp, Lp+P, H]
+            x = src.gather(1, g.gather_idx[:, :, None].expand(-1, -1, src.shape[-1]))
+            # Prefill mask: causal over the first T slots and only real keys; cache slots >= T masked out.
+            key_valid = F.pad(g.key_valid, (0, tmax - t), value=False)  # [Bp, Tmax]
+            causal = torch.ones(t, tmax, device=x.device, dtype=torch.bool).tril()
+            mask = causal[None, None] & key_valid[:, None, None, :]  # [Bp,1,T,Tmax]
+            # Rows that are pure padding attend to nothing; let them see themselves to avoid NaN softmax.
+            mask = mask | torch.eye(t, tmax, device=x.device, dtype=torch.bool)[None, None]
+            h = self._trunk(x, g.positions, 0, mask, kv)[:, -1]  # [Bp,H]
             tok = lm_head(h).argmax(dim=-1)
-            g.tokens[:, step] = tok
+            g.tokens[:, 0] = tok
+        pos = g.positions[:, -1:]
+        with record_function("engine.decode"):
+            for step in range(1, d):
+                key_valid = key_valid.clone()
+                key_valid[:, t + step - 1] = True
+                pos = pos + 1
+                x = embed(tok[:, None])
+                h = self._trunk(x, pos, t + step - 1, key_valid[:, None, None, :], kv)[:, -1]
+                tok = lm_head(h).argmax(dim=-1)
+                g.tokens[:, step] = tok
 
     def _capture(self, g: _Graph, d: int) -> None:
         # Warm up on a side stream (allocator, cuBLAS handles), then capture into a shared memory pool.
