@@ -16,6 +16,11 @@ Design (as RL4VLA / RLinf, which are known to learn):
   (the published OpenVLA recipe) and saved in PEFT's adapter format (``adapter_config.json`` +
   ``adapter_model.safetensors`` with ``base_model.model.`` keys), so the inference runtime can load a
   checkpoint as an ordinary LoRA adapter directory.
+- acting can run through the static-cache engine (:meth:`VLAActorCritic.enable_engine`, OpenVLA on CUDA):
+  the engine keeps its own copy of the LLM weights with the LoRA deltas merged in, re-merged whenever the
+  adapters have changed since the last call (detected from the parameters' in-place version counters), and
+  samples with the same restricted, tempered distribution (Gumbel-max), so PPO's stored log-probs describe
+  the policy being trained; the update itself always runs the differentiable eager path;
 - activation checkpointing of the LLM is opt-in (``gradient_checkpointing=True``): transformers' own
   ``gradient_checkpointing_enable`` with ``use_reentrant=False`` (works with frozen inputs and LoRA), traded
   for one extra LLM forward per update; acting and value calls (no grad) never checkpoint, so their KV cache
@@ -122,6 +127,31 @@ class VLAActorCritic(nn.Module):
         self.gradient_checkpointing = False
         if gradient_checkpointing:
             self.set_gradient_checkpointing(True)
+        self._engine: Any = None
+        self._engine_version = -1
+
+    def enable_engine(self, batch: int, use_cuda_graphs: bool | None = None) -> None:
+        """Act (sample, greedy) through :class:`~crane_x7_vla.models.engine.OpenVLAEngine` with every call padded
+        to ``batch`` rows, so one static graph serves a whole rollout while envs finish at different steps.
+
+        Raises ``ValueError`` for models the engine does not support (MiniVLA's Qwen LLM, biased layers)."""
+        from crane_x7_vla.models.engine import OpenVLAEngine
+        from crane_x7_vla.models.openvla import OpenVLA
+
+        if not isinstance(self.vla, OpenVLA):
+            raise ValueError(f"the engine runs OpenVLA (Llama) models only, not {type(self.vla).__name__}; "
+                             "set rollout.engine: off")
+        self._engine = OpenVLAEngine(self.vla, max_batch=max(batch, 1), min_batch=batch, exact_batch_upto=0,
+                                     use_cuda_graphs=use_cuda_graphs)
+        self._engine_version = self._lora_version()
+
+    @property
+    def engine_enabled(self) -> bool:
+        return self._engine is not None
+
+    def _lora_version(self) -> int:
+        # Every in-place write (optimizer step, load_state_dict) bumps a tensor's version counter.
+        return sum(p._version for p in self.lora_parameters())
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute the LLM's decoder layers in backward (saves ~90% of its activations; vision towers unchanged)."""
@@ -163,8 +193,15 @@ class VLAActorCritic(nn.Module):
     def act(self, images: Sequence[np.ndarray] | np.ndarray, instructions: Sequence[str], temperature: float,
             generator: torch.Generator | None = None) -> ActOutput:
         inputs = self.prepare(images, instructions)
-        with self._no_checkpointing():
-            out = self.vla.sample_action_tokens(inputs, temperature, generator=generator)  # type: ignore[operator]
+        if self._engine is not None:
+            version = self._lora_version()
+            if version != self._engine_version:
+                self._engine.refresh_weights()
+                self._engine_version = version
+            out = self._engine.sample(inputs, temperature, generator)
+        else:
+            with self._no_checkpointing():
+                out = self.vla.sample_action_tokens(inputs, temperature, generator=generator)  # type: ignore[operator]
         return ActOutput(tokens=out.tokens, log_prob=out.log_probs.float().sum(-1),
                          entropy=out.entropy.float().sum(-1), value=self.value_head(out.hidden))
 

@@ -61,3 +61,50 @@ def test_service_policy_interface(engine: OpenVLAEngine, tiny_model: OpenVLA, im
     np.testing.assert_array_equal(engine.predict_from_inputs(inputs), want)
     np.testing.assert_array_equal(engine.predict_action(images, INSTRUCTIONS), want)
     np.testing.assert_array_equal(tiny_model.predict_from_inputs(tiny_model.prepare_inputs(images, INSTRUCTIONS)), want)
+
+
+def test_sample_greedy_equals_eager_sampler(engine: OpenVLAEngine, tiny_model: OpenVLA,
+                                            images: list[np.ndarray]) -> None:
+    """Temperature 0: argmax over the action ids, log-probs and entropies at T = 1, the first hidden state."""
+    from crane_x7_vla.models.generate import sample_action_tokens
+
+    inputs = tiny_model.prepare_inputs(images, INSTRUCTIONS)
+    with torch.inference_mode():
+        want = sample_action_tokens(tiny_model, inputs, 0.0)
+    got = engine.sample(inputs, 0.0)
+    assert torch.equal(got.tokens, want.tokens)
+    torch.testing.assert_close(got.log_probs, want.log_probs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.entropy, want.entropy, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.hidden, want.hidden, atol=1e-5, rtol=1e-5)
+    assert not got.tokens.is_inference()  # usable as indices under autograd (the PPO update)
+
+
+def test_sampled_tokens_carry_their_teacher_forced_log_probs(engine: OpenVLAEngine, tiny_model: OpenVLA,
+                                                             images: list[np.ndarray]) -> None:
+    from crane_x7_vla.models.generate import action_token_log_probs
+
+    inputs = tiny_model.prepare_inputs(images, INSTRUCTIONS)
+    a = engine.sample(inputs, 1.0, torch.Generator().manual_seed(1))
+    b = engine.sample(inputs, 1.0, torch.Generator().manual_seed(1))
+    c = engine.sample(inputs, 1.0, torch.Generator().manual_seed(2))
+    assert torch.equal(a.tokens, b.tokens)  # the generator alone decides the draw
+    assert not torch.equal(a.tokens, c.tokens)
+    first, n_bins = tiny_model.action_tokenizer.first_token_id, tiny_model.action_tokenizer.n_bins
+    assert bool(((a.tokens >= first) & (a.tokens < first + n_bins)).all())
+    with torch.no_grad():
+        ref = action_token_log_probs(tiny_model, inputs, a.tokens, 1.0)
+    torch.testing.assert_close(a.log_probs, ref.log_probs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a.entropy, ref.entropy, atol=1e-4, rtol=1e-4)
+
+
+def test_gumbel_sampling_follows_the_policy_distribution(tiny_model: OpenVLA, images: list[np.ndarray]) -> None:
+    """The mean log-prob of sampled tokens estimates -entropy; a biased sampler (e.g. a flipped noise sign,
+    which prefers unlikely bins) misses it by many standard errors."""
+    eng = OpenVLAEngine(tiny_model, max_batch=64, text_bucket=8)
+    inputs = tiny_model.prepare_inputs(images[:1] * 64, INSTRUCTIONS[:1] * 64)
+    gen = torch.Generator().manual_seed(0)
+    outs = [eng.sample(inputs, 1.0, gen) for _ in range(6)]
+    logp = torch.cat([o.log_probs[:, 0] for o in outs])  # [384]: the first token (later ones are conditional)
+    entropy = float(outs[0].entropy[0, 0])  # the same for every row and draw
+    mean, se = float(logp.mean()), float(logp.std()) / logp.shape[0] ** 0.5
+    assert abs(mean + entropy) < 4 * se, (mean, -entropy, se)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.profiler import record_function
 
+from crane_x7_vla.models.generate import SampleOutput
 from crane_x7_vla.models.openvla import OpenVLA
 from crane_x7_vla.models.processing import ImageLike, ModelInputs
 
@@ -48,6 +49,12 @@ class _Graph:
     key_valid: Tensor  # [Bp, T] bool, False at padding
     positions: Tensor  # [Bp, T]
     tokens: Tensor  # [Bp, D] output
+    # Sampling buckets only (None for greedy ones): restricted to the action ids, as generate.sample_action_tokens.
+    temperature: Tensor | None = None  # [1] float32 (1 for greedy sampling, whose log-probs are at T = 1)
+    gumbel: Tensor | None = None  # [Bp, D, n_bins] float32 noise (0 = greedy); filled before each replay
+    log_probs: Tensor | None = None  # [Bp, D] float32 output
+    entropy: Tensor | None = None  # [Bp, D] float32 output
+    hidden: Tensor | None = None  # [Bp, H] output: last hidden state at the position predicting token 0
     graph: torch.cuda.CUDAGraph | None = None
 
 
@@ -95,6 +102,25 @@ def _layer_forward(x: Tensor, cos: Tensor, sin: Tensor, w: _LayerWeights, k_cach
     return x + F.linear(F.silu(gate) * up, w.down)
 
 
+def _effective_weight(lin: torch.nn.Module) -> Tensor:
+    """The weight a Linear (or a PEFT LoRA-wrapped Linear) applies: W, or W + sum of its active LoRA deltas."""
+    if type(lin) is torch.nn.Linear:
+        if lin.bias is not None:
+            raise ValueError("the engine supports bias-free Llama layers only; use model.predict_action")
+        return lin.weight
+    base = getattr(lin, "base_layer", None)
+    if type(base) is torch.nn.Linear and hasattr(lin, "get_delta_weight"):
+        if base.bias is not None:
+            raise ValueError("the engine supports bias-free Llama layers only; use model.predict_action")
+        w = base.weight
+        if not getattr(lin, "merged", False):
+            for name in getattr(lin, "active_adapters", []):
+                if name in getattr(lin, "lora_A", {}):
+                    w = w + lin.get_delta_weight(name).to(w.dtype)
+        return w
+    raise ValueError(f"the engine needs nn.Linear or PEFT LoRA Linear layers in the LLM, got {type(lin).__name__}")
+
+
 class OpenVLAEngine:
     """Greedy ``predict`` with a static KV cache (+ CUDA graphs on CUDA). Thread-safe; one call at a time."""
 
@@ -107,9 +133,13 @@ class OpenVLAEngine:
         use_cuda_graphs: bool | None = None,
         compile_decode: bool = True,
         compile_prefill: bool = True,
+        exact_batch_upto: int = 8,
+        min_batch: int = 1,
     ) -> None:
         self.model = model.eval()
         self.max_batch = max_batch
+        self.exact_batch_upto = exact_batch_upto
+        self.min_batch = min_batch
         self.text_bucket = text_bucket
         self.device = model.device
         self.use_cuda_graphs = self.device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
@@ -135,35 +165,55 @@ class OpenVLAEngine:
             self._decode_layer = compiled if compile_decode else _layer_forward
             self._prefill_layer = compiled if compile_prefill else _layer_forward
         self.num_patches = model.config.vision_towers[0].num_patches
-        self._graphs: dict[tuple[int, int, int], _Graph] = {}
+        self._graphs: dict[tuple[int, int, int, bool], _Graph] = {}
         self._caches: dict[tuple[int, int], tuple[list[Tensor], list[Tensor]]] = {}
         self._pool: Any = None
         self._lock = threading.Lock()
 
+    def _linears(self, layer: Any) -> list[torch.nn.Module]:
+        at, mlp = layer.self_attn, layer.mlp
+        return [at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+
     def _fuse_weights(self) -> list[_LayerWeights]:
-        """Stack q/k/v and gate/up weights so each is one GEMM; the modules keep views (no extra memory)."""
+        """Stack q/k/v and gate/up weights so each is one GEMM.
+
+        Plain Linear layers: the modules keep views into the stacked tensors (no extra memory). LoRA-wrapped
+        layers (RL rollouts): the engine owns merged copies W + BA, recomputed in place by
+        :meth:`refresh_weights` so captured graphs stay valid while the adapters train."""
         out = []
+        self.merged_lora = any(type(lin) is not torch.nn.Linear for layer in self.layers for lin in self._linears(layer))
         for layer in self.layers:
             at, mlp = layer.self_attn, layer.mlp
-            lins = [at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-            if any(type(lin) is not torch.nn.Linear for lin in lins):
-                raise ValueError("the engine needs plain (merged) weights; load the model with merge_lora=True")
-            if any(lin.bias is not None for lin in lins):
-                raise ValueError("the engine supports bias-free Llama layers only; use model.predict_action")
+            q, k, v, o, gate, up, down = (_effective_weight(lin) for lin in self._linears(layer))
             with torch.no_grad():
-                qkv = torch.cat([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight])
-                gu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-                nq, nk = at.q_proj.weight.shape[0], at.k_proj.weight.shape[0]
-                at.q_proj.weight.data = qkv[:nq]
-                at.k_proj.weight.data = qkv[nq : nq + nk]
-                at.v_proj.weight.data = qkv[nq + nk :]
-                ni = mlp.gate_proj.weight.shape[0]
-                mlp.gate_proj.weight.data = gu[:ni]
-                mlp.up_proj.weight.data = gu[ni:]
-            out.append(_LayerWeights(layer.input_layernorm.weight, qkv, at.o_proj.weight,
-                                     layer.post_attention_layernorm.weight, gu, mlp.down_proj.weight,
-                                     float(layer.input_layernorm.variance_epsilon)))
+                qkv = torch.cat([q, k, v])
+                gu = torch.cat([gate, up])
+                if self.merged_lora:
+                    o, down = o.clone(), down.clone()
+                else:
+                    nq, nk = q.shape[0], k.shape[0]
+                    at.q_proj.weight.data = qkv[:nq]
+                    at.k_proj.weight.data = qkv[nq : nq + nk]
+                    at.v_proj.weight.data = qkv[nq + nk :]
+                    ni = gate.shape[0]
+                    mlp.gate_proj.weight.data = gu[:ni]
+                    mlp.up_proj.weight.data = gu[ni:]
+            out.append(_LayerWeights(layer.input_layernorm.weight, qkv, o, layer.post_attention_layernorm.weight,
+                                     gu, down, float(layer.input_layernorm.variance_epsilon)))
         return out
+
+    @torch.no_grad()
+    def refresh_weights(self) -> None:
+        """Re-merge the LoRA adapters into the engine's weights (in place); a no-op for plain weights."""
+        if not self.merged_lora:
+            return
+        with self._lock:
+            for layer, w in zip(self.layers, self.fused, strict=True):
+                q, k, v, o, gate, up, down = (_effective_weight(lin) for lin in self._linears(layer))
+                torch.cat([q, k, v], out=w.qkv)
+                torch.cat([gate, up], out=w.gate_up)
+                w.o.copy_(o)
+                w.down.copy_(down)
 
     # ------------------------------------------------------------------ public API
     def predict(
@@ -185,36 +235,73 @@ class OpenVLAEngine:
         """Greedy actions (B, action_dim) for already prepared inputs."""
         return self.model.decode_actions(self.generate(inputs, self.model.action_stats(unnorm_key).dim), unnorm_key)
 
-    @torch.inference_mode()
     def generate(self, inputs: ModelInputs, action_dim: int) -> Tensor:
         """Greedy action token ids [B, action_dim] (argmax over the full vocabulary, as the release)."""
+        return self._execute(inputs, action_dim, None, None).tokens
+
+    def sample(self, inputs: ModelInputs, temperature: float, generator: torch.Generator | None = None) -> SampleOutput:
+        """What :func:`.generate.sample_action_tokens` returns, from the static graph: tokens sampled from the
+        action ids at ``temperature`` (0 = greedy over them, log-probs then at T = 1), their log-probs and
+        entropies, and the hidden state that predicts the first token (for a value head).
+
+        Sampling is Gumbel-max (argmax of logits / T plus Gumbel noise drawn with ``generator`` before the
+        replay), an exact sample of softmax(logits / T) that keeps the random draw outside the CUDA graph."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        return self._execute(inputs, self.model.num_action_tokens, float(temperature), generator)
+
+    def _execute(self, inputs: ModelInputs, d: int, temperature: float | None,
+                 generator: torch.Generator | None) -> SampleOutput:
         b = inputs.batch_size
         if b > self.max_batch:  # split oversize batches
             step = self.max_batch
-            parts = [
-                self.generate(ModelInputs(inputs.pixel_values[i : i + step], inputs.input_ids[i : i + step],
-                                          inputs.attention_mask[i : i + step]), action_dim)
-                for i in range(0, b, step)
-            ]
-            return torch.cat(parts)
-        bp = min(_next_pow2(b), self.max_batch)
+            parts = [self._execute(ModelInputs(inputs.pixel_values[i : i + step], inputs.input_ids[i : i + step],
+                                               inputs.attention_mask[i : i + step]), d, temperature, generator)
+                     for i in range(0, b, step)]
+            return SampleOutput(*(torch.cat([getattr(p, f) for p in parts])
+                                  for f in ("tokens", "log_probs", "entropy", "hidden")))
         length = inputs.input_ids.shape[1]
         lp = self.text_bucket * math.ceil(length / self.text_bucket)
-        with self._lock:
-            g = self._bucket(bp, lp, action_dim)
+        sample = temperature is not None
+        noise = None
+        if sample and temperature:
+            # Gumbel(0, 1) = -log(Exp(1)); drawn on the generator's device, outside the graph.
+            gen_dev = generator.device if generator is not None else self.device
+            e = torch.empty((b, d, self.model.action_tokenizer.n_bins), device=gen_dev).exponential_(generator=generator)
+            noise = -torch.log(e)
+        with self._lock, torch.inference_mode():
+            g = self._bucket(self.batch_bucket(b), lp, d, sample)
             self._fill(g, inputs)
+            if sample:
+                assert g.gumbel is not None and g.temperature is not None
+                g.temperature.fill_(temperature or 1.0)
+                g.gumbel.zero_()
+                if noise is not None:
+                    g.gumbel[:b].copy_(noise)
             if self.use_cuda_graphs:
                 if g.graph is None:
-                    self._capture(g, action_dim)
+                    self._capture(g, d)
                 assert g.graph is not None
                 g.graph.replay()
             else:
-                self._run(g, action_dim)
-            return g.tokens[:b].clone()
+                self._run(g, d)
+            out = (g.tokens, g.log_probs, g.entropy, g.hidden)
+            rows = [t[:b] for t in out if t is not None]
+        # Cloned outside inference mode: ordinary tensors the caller may use under autograd (as indices).
+        if not sample:
+            return SampleOutput(rows[0].clone(), torch.empty(0), torch.empty(0), torch.empty(0))
+        return SampleOutput(*(t.clone() for t in rows))
+
+    def batch_bucket(self, b: int) -> int:
+        """Padded batch size of a request of ``b`` rows: exact up to ``exact_batch_upto``, then powers of two
+        (a prefill costs per padded row, so small multi-robot batches are not rounded up), at least
+        ``min_batch``."""
+        bp = b if b <= self.exact_batch_upto else _next_pow2(b)
+        return min(max(bp, self.min_batch), self.max_batch)
 
     # ------------------------------------------------------------------ buffers
-    def _bucket(self, bp: int, lp: int, d: int) -> _Graph:
-        key = (bp, lp, d)
+    def _bucket(self, bp: int, lp: int, d: int, sample: bool = False) -> _Graph:
+        key = (bp, lp, d, sample)
         if key not in self._graphs:
             m, dev = self.model, self.device
             img = m.config.vision_towers[0].image_size
@@ -230,6 +317,14 @@ class OpenVLAEngine:
                 positions=torch.zeros(bp, t, device=dev, dtype=torch.long),
                 tokens=torch.zeros(bp, d, device=dev, dtype=torch.long),
             )
+            if sample:
+                g = self._graphs[key]
+                n_bins = m.action_tokenizer.n_bins
+                g.temperature = torch.ones(1, device=dev)
+                g.gumbel = torch.zeros(bp, d, n_bins, device=dev)
+                g.log_probs = torch.zeros(bp, d, device=dev)
+                g.entropy = torch.zeros(bp, d, device=dev)
+                g.hidden = torch.zeros(bp, m.language_model.config.hidden_size, device=dev, dtype=m.dtype)
         return self._graphs[key]
 
     def _kv(self, bp: int, max_len: int) -> tuple[list[Tensor], list[Tensor]]:
@@ -299,7 +394,6 @@ class OpenVLAEngine:
         kv = self._kv(bp, t + d)
         tmax = kv[0][0].shape[2]  # the shared cache may be longer than this bucket needs
         embed = m.language_model.model.embed_tokens
-        lm_head = m.language_model.lm_head
         with record_function("engine.vision"):
             patches = m.projector(m.vision_backbone(g.pixel_values))  # [Bp,P,H]
         with record_function("engine.prefill"):
@@ -312,8 +406,9 @@ class OpenVLAEngine:
             # Rows that are pure padding attend to nothing; let them see themselves to avoid NaN softmax.
             mask = mask | torch.eye(t, tmax, device=x.device, dtype=torch.bool)[None, None]
             h = self._trunk(x, g.positions, 0, mask, kv)[:, -1]  # [Bp,H]
-            tok = lm_head(h).argmax(dim=-1)
-            g.tokens[:, 0] = tok
+            if g.hidden is not None:
+                g.hidden.copy_(h)
+            tok = self._select(g, h, 0)
         pos = g.positions[:, -1:]
         with record_function("engine.decode"):
             for step in range(1, d):
@@ -322,8 +417,24 @@ class OpenVLAEngine:
                 pos = pos + 1
                 x = embed(tok[:, None])
                 h = self._trunk(x, pos, t + step - 1, key_valid[:, None, None, :], kv)[:, -1]
-                tok = lm_head(h).argmax(dim=-1)
-                g.tokens[:, step] = tok
+                tok = self._select(g, h, step)
+
+    def _select(self, g: _Graph, h: Tensor, step: int) -> Tensor:
+        """Token ``step`` from hidden states h [Bp,H] into g.tokens (and g.log_probs/g.entropy when sampling)."""
+        m = self.model
+        if g.gumbel is None:  # greedy over the full vocabulary, as the release
+            tok = m.language_model.lm_head(h).argmax(dim=-1)
+        else:  # the same math as generate.sample_action_tokens, restricted to the action ids
+            assert g.temperature is not None and g.log_probs is not None and g.entropy is not None
+            first, n_bins = m.action_tokenizer.first_token_id, m.action_tokenizer.n_bins
+            logits = F.linear(h, m.language_model.lm_head.weight[first : first + n_bins]).float()  # [Bp,n_bins]
+            logp = F.log_softmax(logits / g.temperature, dim=-1)
+            idx = (logp + g.gumbel[:, step]).argmax(dim=-1)
+            g.log_probs[:, step] = logp.gather(-1, idx[:, None]).squeeze(-1)
+            g.entropy[:, step] = -(logp.exp() * logp).sum(dim=-1)
+            tok = idx + first
+        g.tokens[:, step] = tok
+        return tok
 
     def _capture(self, g: _Graph, d: int) -> None:
         # Warm up on a side stream (allocator, cuBLAS handles), then capture into a shared memory pool.
