@@ -298,6 +298,8 @@ def main() -> None:
     ap.add_argument("--activation-checkpointing", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="device peak (H200 bf16 dense: 989)")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up act + backward")
+    ap.add_argument("--engine", choices=("auto", "on", "off"), default="auto",
+                    help="act through the static-cache engine (auto: on CUDA), as rollout.engine")
     args = ap.parse_args()
     if args.num_envs < 1 or args.steps < 1:
         ap.error("--num-envs and --steps must be >= 1")
@@ -311,6 +313,9 @@ def main() -> None:
     vla = build_vla(args.model, device, dtype)
     policy = VLAActorCritic(vla, lora_rank=args.lora_rank, lora_alpha=16, value_head_hidden=512,
                             gradient_checkpointing=args.activation_checkpointing)
+    use_engine = args.engine == "on" or (args.engine == "auto" and cuda)
+    if use_engine:
+        policy.enable_engine(args.num_envs)  # graph captured by the warm-up act below
     build_s = time.perf_counter() - t0
     optimizer = torch.optim.AdamW([{"params": policy.lora_parameters(), "lr": 1e-5},
                                    {"params": list(policy.value_head.parameters()), "lr": 1e-4}],
@@ -375,7 +380,8 @@ def main() -> None:
         grad_accumulation_steps=args.grad_accumulation_steps, activation_checkpointing=args.activation_checkpointing,
         lora_rank=args.lora_rank, prompt_tokens=prompt_tokens, action_dim=ACTION_DIM,
         weight_bytes=2 if cuda else 4, act_bytes=2 if cuda else 4, lora_param_bytes=lora_bytes,
-        simulator=args.simulator, sim_on_gpu=args.backend == "gpu" or args.simulator == "none"), total_mem or 1)
+        simulator=args.simulator, sim_on_gpu=args.backend == "gpu" or args.simulator == "none",
+        rollout_engine=use_engine), total_mem or 1)
 
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
@@ -386,6 +392,7 @@ def main() -> None:
         "num_envs": n, "steps": args.steps, "prompt_tokens": prompt_tokens, "seq_tokens": seq,
         "minibatch_size": args.minibatch_size, "grad_accumulation_steps": args.grad_accumulation_steps,
         "num_epochs": args.num_epochs, "activation_checkpointing": args.activation_checkpointing,
+        "rollout_engine": use_engine,
         "build_s": round(build_s, 2),
         "cycle_s": round(cycle, 3), "rollout_s": round(s["rollout"], 3), "update_s": round(s["update"], 3),
         "env_steps": env_steps, "transitions": int(upd["transitions"]),

@@ -10,6 +10,9 @@ The peak is ``persistent + max(rollout phase, update phase)``:
 - persistent: frozen weights (bf16), LoRA parameters with their gradients and AdamW moments, the value head,
   the rollout buffers of one update (uint8 frames + per-step scalars, all segments, kept on the device until
   the update ends), the simulator's GPU memory and the CUDA context;
+- with the rollout engine (``rollout.engine``, OpenVLA on CUDA), also persistent: its own LLM weights with the
+  LoRA deltas merged in, its static KV cache for ``num_parallel_envs`` rows and the CUDA graph's memory pool
+  (one prefill's transients), since a captured graph keeps its buffers between rollouts;
 - rollout phase (no grad): the KV cache of one batched policy call over ``num_parallel_envs`` envs plus the
   largest transient of a prefill layer and the preprocessed pixels;
 - update phase: saved activations of one micro-batch (``ceil(minibatch_size / grad_accumulation_steps)``
@@ -231,6 +234,7 @@ class MemoryConfig:
     lora_param_bytes: int = 4  # LoRA parameter dtype (grads and AdamW moments share it)
     simulator: str = "maniskill"  # rollout.simulator; "none" = synthetic frames
     sim_on_gpu: bool = True  # rollout.backend == "gpu"
+    rollout_engine: bool = False  # rollout.engine resolved: act through OpenVLAEngine (merged-weight copy, graph)
     headroom: float = DEFAULT_HEADROOM  # fraction of the device kept free for fragmentation
 
     def __post_init__(self) -> None:
@@ -282,6 +286,7 @@ class MemoryPlan:
     rollout_buffers: int
     simulator: int
     cuda_context: int
+    engine: int
     rollout_inference: int
     update_activations: int
     activations_per_sample: int
@@ -290,7 +295,7 @@ class MemoryPlan:
     @property
     def persistent(self) -> int:
         return (self.weights + self.lora_and_optimizer + self.value_head + self.rollout_buffers + self.simulator
-                + self.cuda_context)
+                + self.cuda_context + self.engine)
 
     @property
     def peak(self) -> int:
@@ -302,14 +307,15 @@ class MemoryPlan:
 
     def breakdown_gib(self) -> dict[str, float]:
         names = ("weights", "lora_and_optimizer", "value_head", "rollout_buffers", "simulator", "cuda_context",
-                 "rollout_inference", "update_activations", "activations_per_sample", "peak", "usable")
+                 "engine", "rollout_inference", "update_activations", "activations_per_sample", "peak", "usable")
         return {n: round(getattr(self, n) / GIB, 3) for n in names}
 
     def summary(self) -> str:
         b = self.breakdown_gib()
         return (f"peak {b['peak']:.1f} GiB of {b['usable']:.1f} usable: weights {b['weights']:.1f}, "
                 f"LoRA+AdamW {b['lora_and_optimizer']:.2f}, rollout buffers {b['rollout_buffers']:.2f}, "
-                f"simulator {b['simulator']:.1f}, CUDA context {b['cuda_context']:.1f}, then the larger of "
+                f"simulator {b['simulator']:.1f}, CUDA context {b['cuda_context']:.1f}, rollout engine "
+                f"{b['engine']:.1f}, then the larger of "
                 f"rollout inference {b['rollout_inference']:.1f} and update activations "
                 f"{b['update_activations']:.1f} ({b['activations_per_sample']:.2f} per sample x "
                 f"micro-batch {self.config.micro_batch}, activation checkpointing "
@@ -341,16 +347,36 @@ def _update_phase(c: MemoryConfig, buffers: int) -> int:
     return max(activations, buffers)
 
 
-def _rollout_phase(c: MemoryConfig) -> int:
+def _transients(c: MemoryConfig) -> int:
+    """The largest transient of one batched policy call: a prefill layer's or a vision block's, plus pixels."""
     m, n = c.model, c.num_parallel_envs
-    ctx = m.num_patches + c.prompt_tokens + c.action_dim
-    kv_cache = n * m.num_layers * 2 * m.kv_dim * ctx * c.act_bytes
     prefill = n * (m.num_patches + c.prompt_tokens) * (3 * m.intermediate_size + 4 * m.hidden_size) * c.act_bytes
     vision = n * max(t.tokens * (3 * t.embed_dim + 2 * t.mlp_dim) for t in m.towers) * c.act_bytes
     h_img, w_img = c.image_size
     pixels = n * 3 * len(m.towers) * h_img * w_img * 4  # preprocessed float32 pixel values
-    # DynamicCache grows by torch.cat: one layer's cache is briefly held twice.
-    return kv_cache + kv_cache // m.num_layers + max(prefill, vision) + pixels
+    return max(prefill, vision) + pixels
+
+
+def _rollout_phase(c: MemoryConfig) -> int:
+    m, n = c.model, c.num_parallel_envs
+    ctx = m.num_patches + c.prompt_tokens + c.action_dim
+    kv_cache = n * m.num_layers * 2 * m.kv_dim * ctx * c.act_bytes
+    # DynamicCache grows by torch.cat: one layer's cache is briefly held twice. With the engine only the value
+    # bootstrap (one prefill, no cache) runs here.
+    if c.rollout_engine:
+        return _transients(c)
+    return kv_cache + kv_cache // m.num_layers + _transients(c)
+
+
+def _engine(c: MemoryConfig) -> int:
+    """The rollout engine's persistent memory: merged LLM layer weights, static KV cache, graph pool."""
+    if not c.rollout_engine:
+        return 0
+    m, n = c.model, c.num_parallel_envs
+    weights = sum(o * i for o, i in m.layer_linear_shapes()) * m.num_layers * c.weight_bytes
+    text = 16 * math.ceil(c.prompt_tokens / 16)  # prompts are padded to the engine's 16-token text buckets
+    kv_cache = n * m.num_layers * 2 * m.kv_dim * (m.num_patches + text + c.action_dim) * c.act_bytes
+    return weights + kv_cache + _transients(c)
 
 
 def _rollout_buffers(c: MemoryConfig) -> int:
@@ -376,7 +402,7 @@ def estimate(config: MemoryConfig, total_bytes: int) -> MemoryPlan:
         config=c, weights=m.total_params() * c.weight_bytes,
         lora_and_optimizer=lora * c.lora_param_bytes * 4,  # parameter, gradient, AdamW exp_avg and exp_avg_sq
         value_head=vh * 4 * 4,  # float32, same four copies
-        rollout_buffers=buffers, simulator=sim, cuda_context=CUDA_CONTEXT_BYTES,
+        rollout_buffers=buffers, simulator=sim, cuda_context=CUDA_CONTEXT_BYTES, engine=_engine(c),
         rollout_inference=_rollout_phase(c), update_activations=_update_phase(c, buffers),
         activations_per_sample=activation_bytes_per_sample(c),
         usable=int(total_bytes * (1.0 - c.headroom)),
@@ -413,6 +439,9 @@ def suggestions(plan: MemoryPlan, total_bytes: int) -> list[str]:
             steps = math.ceil(c.minibatch_size / micro)
             out.append(f"raise ppo.grad_accumulation_steps to {steps} (micro-batch {micro}, minibatch_size "
                        f"{c.minibatch_size} unchanged) or lower ppo.minibatch_size to {micro}")
+    if c.rollout_engine and estimate(replace(c, rollout_engine=False), total_bytes).fits:
+        out.append(f"set rollout.engine: off (the rollout engine holds {plan.engine / GIB:.1f} GiB; rollouts "
+                   "then use the slower eager sampler)")
     envs = _largest(range(1, c.num_parallel_envs), lambda n: estimate(replace(c, num_parallel_envs=n),
                                                                        total_bytes).fits)
     if envs is not None:

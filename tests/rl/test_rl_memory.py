@@ -135,6 +135,19 @@ def test_too_many_envs_suggests_the_largest_env_count_that_fits(dims_7b: ModelDi
     assert not estimate(dataclasses.replace(cfg, num_parallel_envs=n + 1), 80 * GIB).fits
 
 
+def test_the_rollout_engine_is_persistent_and_can_be_turned_off(dims_7b: ModelDims) -> None:
+    cfg = MemoryConfig(model=dims_7b, num_parallel_envs=64, max_steps=8, num_rollouts_per_update=64,
+                       minibatch_size=32, rollout_engine=True)
+    plan = estimate(cfg, 141 * 10**9)
+    merged = sum(o * i for o, i in dims_7b.layer_linear_shapes()) * dims_7b.num_layers * 2
+    assert merged < plan.engine < merged + 12 * GIB  # + the static KV cache of 64 rows and one prefill's pool
+    assert plan.peak > estimate(dataclasses.replace(cfg, rollout_engine=False), 141 * 10**9).peak
+    # On a GPU where only the engine is too much, the advice is to turn it off.
+    tight = int(estimate(dataclasses.replace(cfg, rollout_engine=False), 1).peak / 0.9) + GIB
+    with pytest.raises(MemoryPlanError, match=r"set rollout\.engine: off"):
+        check_fits(cfg, tight)
+
+
 def test_weights_that_cannot_fit_say_so(dims_7b: ModelDims) -> None:
     with pytest.raises(MemoryPlanError, match=r"frozen weights alone need 14\.0 GiB"):
         check_fits(MemoryConfig(model=dims_7b), 12 * GIB)
