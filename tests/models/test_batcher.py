@@ -1,55 +1,82 @@
-"""Concurrent requests are coalesced into bounded batches and each gets its own row back."""
+"""Concurrent robots' requests are coalesced into bounded batches and each gets its own row back."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 
 import numpy as np
 import pytest
+import torch
 
-from crane_x7_vla.models.batcher import BatchingPredictor
+from crane_x7_vla.models import OpenVLA
+from crane_x7_vla.models.batcher import BatchedPolicy, stack_inputs
+from crane_x7_vla.models.engine import OpenVLAEngine
+from crane_x7_vla.models.processing import ModelInputs
 
-
-def test_concurrent_requests_share_one_call_and_get_their_rows() -> None:
-    calls: list[int] = []
-    gate = threading.Event()
-
-    def predict_batch(images, instructions):  # type: ignore[no-untyped-def]
-        gate.wait(5)  # hold the first call so that the rest queue up behind it
-        calls.append(len(images))
-        return np.stack([np.full(8, float(im), np.float32) for im in images])
-
-    async def main() -> list[float]:
-        b = BatchingPredictor(predict_batch, max_batch=4, max_wait_s=0.05)
-        first = asyncio.create_task(b.predict(0, "a"))
-        await asyncio.sleep(0)  # let the first request open its batch
-        while b._queue is None or b._worker is None:
-            await asyncio.sleep(0)
-        rest = [asyncio.create_task(b.predict(i, "x")) for i in range(1, 9)]
-        gate.set()
-        out = await asyncio.gather(first, *rest)
-        await b.close()
-        assert all(p.batch_size <= 4 for p in out)
-        return [float(p.action[0]) for p in out]
-
-    values = asyncio.run(main())
-    assert values == [float(i) for i in range(9)]
-    assert sum(calls) == 9 and max(calls) == 4 and len(calls) < 9
+INSTRUCTIONS = ["pick up the red block", "go", "Place the blue cube on the green plate, then open the gripper"]
 
 
-def test_model_error_fails_only_that_batch() -> None:
-    def predict_batch(images, instructions):  # type: ignore[no-untyped-def]
-        if "boom" in instructions:
-            raise RuntimeError("model failed")
-        return np.zeros((len(images), 8), np.float32)
+def test_stack_inputs_left_pads_prompts_of_different_lengths(tiny_model: OpenVLA, images: list[np.ndarray]) -> None:
+    parts = [tiny_model.prepare_inputs(images[i : i + 1], INSTRUCTIONS[i : i + 1]) for i in range(3)]
+    stacked = stack_inputs(parts, tiny_model.config.pad_token_id)
+    whole = tiny_model.prepare_inputs(images, INSTRUCTIONS)
+    assert torch.equal(stacked.input_ids, whole.input_ids)
+    assert torch.equal(stacked.attention_mask, whole.attention_mask)
+    assert torch.equal(stacked.pixel_values, whole.pixel_values)
+    stacked.check_left_padded()
 
-    async def main() -> None:
-        b = BatchingPredictor(predict_batch, max_batch=1, max_wait_s=0.0)
-        with pytest.raises(RuntimeError, match="model failed"):
-            await b.predict(0, "boom")
-        ok = await b.predict(1, "fine")
-        assert ok.action.shape == (8,) and ok.batch_size == 1
-        await b.close()
 
-    asyncio.run(main())
+def test_concurrent_robots_share_one_call_and_get_their_own_actions(tiny_model: OpenVLA,
+                                                                    images: list[np.ndarray]) -> None:
+    engine = OpenVLAEngine(tiny_model, max_batch=4, text_bucket=8)
+    want = [engine.predict(images[i : i + 1], INSTRUCTIONS[i : i + 1])[0] for i in range(3)]
+    # A long window: the three requests, submitted together, must land in one batch.
+    batched = BatchedPolicy(engine, max_batch=4, max_wait_s=2.0)
+    barrier = threading.Barrier(3)
+    results: dict[int, object] = {}
+
+    def robot(i: int) -> None:
+        barrier.wait()
+        results[i] = batched.predict(images[i], INSTRUCTIONS[i])
+
+    threads = [threading.Thread(target=robot, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    batched.close()
+    for i in range(3):
+        res = results[i]
+        assert res.batch_size == 3  # type: ignore[attr-defined]
+        np.testing.assert_allclose(res.action, want[i], atol=1e-6)  # type: ignore[attr-defined]
+        assert res.latency_s >= res.model_s > 0  # type: ignore[attr-defined]
+    stats = batched.stats()
+    assert stats["requests"] == 3 and stats["mean_batch"] == 3
+
+
+def test_service_interface_and_batch_limit(tiny_model: OpenVLA, images: list[np.ndarray]) -> None:
+    batched = BatchedPolicy(tiny_model, max_batch=2, max_wait_s=0.0)
+    inputs = batched.prepare_inputs(images, INSTRUCTIONS)  # one caller's 3 rows -> batches of at most 2
+    np.testing.assert_allclose(batched.predict_from_inputs(inputs), tiny_model.predict_action(images, INSTRUCTIONS),
+                               atol=1e-6)
+    assert batched.action_dim == tiny_model.action_dim  # other attributes are the model's
+    assert not hasattr(batched, "predict_action_chunk")  # a chunk call would bypass the batch
+    batched.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        batched.predict(images[0], "go")
+
+
+def test_a_failing_batch_fails_only_its_requests(tiny_model: OpenVLA, images: list[np.ndarray]) -> None:
+    batched = BatchedPolicy(tiny_model, max_batch=1, max_wait_s=0.0)
+    good = tiny_model.prepare_inputs(images[:1], INSTRUCTIONS[:1])
+    bad = ModelInputs(good.pixel_values[:, :, :5], good.input_ids, good.attention_mask)  # wrong image size
+    with pytest.raises(RuntimeError):
+        batched.submit(bad).result(timeout=30)
+    ok = batched.submit(good).result(timeout=30)
+    assert ok.action.shape == (tiny_model.action_dim,) and ok.batch_size == 1
+    batched.close()
+
+
+def test_rejects_policies_it_cannot_batch() -> None:
+    with pytest.raises(ValueError, match="prepare_inputs"):
+        BatchedPolicy(object())

@@ -1,22 +1,36 @@
-"""Coalesce concurrent single-sample predict requests (several robots) into one batched model call.
+"""Coalesce concurrent single-robot predictions into one batched model call (multi-robot serving).
 
-A request waits at most ``max_wait_s`` for company: the first request of a batch opens a window, requests
-arriving inside it join (up to ``max_batch``), then one ``predict_batch`` call serves them all in a worker
-thread so the event loop stays free. Each result carries its own latency split (queue wait vs model time).
+Design: the callers are threads (each robot's inference service makes its model calls from its own worker
+thread), so the batcher is a thread as well, not an asyncio task. A caller preprocesses its own request in its
+own thread (``prepare_inputs``: resize + normalise, off the batch's critical path and in parallel across
+robots), then hands the prepared inputs over and blocks on a future. The batcher thread takes the oldest
+request, waits at most ``max_wait_s`` for company (up to ``max_batch`` requests), stacks the inputs (prompts
+left-padded to one length) and makes one ``predict_from_inputs`` call for all of them. Each result carries its
+own latency split (queue wait vs model time), and :meth:`BatchedPolicy.stats` summarises recent requests.
+
+:class:`BatchedPolicy` has the policy interface the inference service uses, so several services (one per
+robot connection) can share it as if it were the model.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
+import collections
+import queue
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-PredictBatch = Callable[[Sequence[Any], Sequence[str]], np.ndarray]
+from crane_x7_vla.models.processing import ModelInputs
+
+# Model APIs that would bypass the batch (chunk predictions) are not offered by the wrapper.
+_NOT_FORWARDED = frozenset({"predict_chunk_from_inputs", "predict_action_chunk"})
 
 
 @dataclass(frozen=True)
@@ -30,75 +44,132 @@ class BatchedPrediction:
 
 @dataclass
 class _Request:
-    image: Any
-    instruction: str
+    inputs: ModelInputs
     submitted: float
-    future: asyncio.Future[BatchedPrediction]
+    future: Future[BatchedPrediction]
 
 
-class BatchingPredictor:
-    """``await predict(image, instruction)`` from many tasks; one model call per coalesced batch."""
+def stack_inputs(parts: Sequence[ModelInputs], pad_id: int) -> ModelInputs:
+    """One left-padded batch from several prepared requests (their prompts may differ in length)."""
+    length = max(p.input_ids.shape[1] for p in parts)
+    ids = torch.cat([F.pad(p.input_ids, (length - p.input_ids.shape[1], 0), value=pad_id) for p in parts])
+    mask = torch.cat([F.pad(p.attention_mask, (length - p.attention_mask.shape[1], 0), value=0) for p in parts])
+    return ModelInputs(torch.cat([p.pixel_values for p in parts]), ids, mask)
 
-    def __init__(self, predict_batch: PredictBatch, *, max_batch: int = 32, max_wait_s: float = 0.004) -> None:
+
+class BatchedPolicy:
+    """Wrap a single-step policy (an ``OpenVLAEngine`` or an ``OpenVLA``) so concurrent callers share calls."""
+
+    def __init__(self, policy: Any, *, max_batch: int = 8, max_wait_s: float = 0.004,
+                 unnorm_key: str | None = None, history: int = 2000) -> None:
         if max_batch < 1 or max_wait_s < 0:
-            raise ValueError("max_batch must be >= 1 and max_wait_s >= 0")
-        self._predict_batch = predict_batch
+            raise ValueError(f"max_batch must be >= 1 and max_wait_s >= 0, got {max_batch} and {max_wait_s}")
+        for name in ("prepare_inputs", "predict_from_inputs"):
+            if not callable(getattr(policy, name, None)):
+                raise ValueError(f"batched serving needs a policy with {name}() (OpenVLA or its engine), "
+                                 f"not {type(policy).__name__}")
+        if callable(getattr(policy, "predict_action_chunk", None)) and int(getattr(policy, "chunk_size", 1)) > 1:
+            raise ValueError("batched multi-robot serving supports single-step policies; a chunked MiniVLA "
+                             "serves one robot per process")
+        config = getattr(policy, "config", None) or getattr(getattr(policy, "model", None), "config", None)
+        self.pad_id = int(getattr(config, "pad_token_id", 0) or 0)
+        self.policy = policy
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self._queue: asyncio.Queue[_Request] | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vla-batch")
+        self.unnorm_key = unnorm_key
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._done: collections.deque[BatchedPrediction] = collections.deque(maxlen=history)
+        self._thread = threading.Thread(target=self._run, name="vla-batcher", daemon=True)
+        self._thread.start()
+        self._closed = False
 
-    async def predict(self, image: Any, instruction: str) -> BatchedPrediction:
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.create_task(self._run(), name="vla-batcher")
-        fut: asyncio.Future[BatchedPrediction] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Request(image, instruction, time.perf_counter(), fut))
-        return await fut
+    def __getattr__(self, name: str) -> Any:  # model_io and the service read the wrapped model's attributes
+        if name in _NOT_FORWARDED or name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.policy, name)
 
-    async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    # ------------------------------------------------------------------ the policy interface
+    def prepare_inputs(self, images: Sequence[Any], instructions: Sequence[str]) -> ModelInputs:
+        return self.policy.prepare_inputs(images, instructions)  # type: ignore[no-any-return]
 
-    async def _collect(self) -> list[_Request]:
-        assert self._queue is not None
-        batch = [await self._queue.get()]
+    def predict_from_inputs(self, inputs: ModelInputs, unnorm_key: str | None = None) -> np.ndarray:
+        """(B, action_dim) for one caller's prepared rows, computed in a shared batch."""
+        rows = [self.submit(ModelInputs(inputs.pixel_values[i : i + 1], inputs.input_ids[i : i + 1],
+                                        inputs.attention_mask[i : i + 1])) for i in range(inputs.batch_size)]
+        return np.stack([f.result().action for f in rows])
+
+    def predict_action(self, images: Sequence[Any], instructions: Sequence[str]) -> np.ndarray:
+        return self.predict_from_inputs(self.prepare_inputs(images, instructions))
+
+    def predict(self, image: Any, instruction: str) -> BatchedPrediction:
+        """One request, blocking: preprocess here, then wait for the shared call."""
+        return self.submit(self.prepare_inputs([image], [instruction])).result()
+
+    def submit(self, inputs: ModelInputs) -> Future[BatchedPrediction]:
+        """Queue one prepared request (batch 1); the future resolves when its batch has run."""
+        if self._closed:
+            raise RuntimeError("the batcher is closed")
+        if inputs.batch_size != 1:
+            raise ValueError(f"submit takes one request (batch 1), got {inputs.batch_size}")
+        fut: Future[BatchedPrediction] = Future()
+        self._queue.put(_Request(inputs, time.perf_counter(), fut))
+        return fut
+
+    def stats(self) -> dict[str, float]:
+        """Latency p50/p99 (ms), mean batch and queue wait over the last requests (empty before the first)."""
+        done = list(self._done)
+        if not done:
+            return {}
+        lat = np.asarray([d.latency_s for d in done]) * 1e3
+        return {"requests": float(len(done)), "latency_ms_p50": float(np.percentile(lat, 50)),
+                "latency_ms_p99": float(np.percentile(lat, 99)),
+                "queue_ms_mean": float(np.mean([d.queue_s for d in done]) * 1e3),
+                "mean_batch": float(np.mean([d.batch_size for d in done]))}
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+
+    # ------------------------------------------------------------------ the batcher thread
+    def _collect(self, first: _Request) -> tuple[list[_Request], bool]:
+        batch, stop = [first], False
         deadline = time.perf_counter() + self.max_wait_s
         while len(batch) < self.max_batch:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                # Still take whatever is already queued without waiting.
-                while len(batch) < self.max_batch and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except asyncio.TimeoutError:
+                remaining = deadline - time.perf_counter()
+                # Past the deadline, still take whatever is already queued without waiting.
+                req = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
                 break
-        return batch
+            if req is None:
+                stop = True
+                break
+            batch.append(req)
+        return batch, stop
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._collect()
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch, stop = self._collect(first)
             start = time.perf_counter()
             try:
-                actions = await loop.run_in_executor(
-                    self._executor, self._predict_batch, [r.image for r in batch], [r.instruction for r in batch]
-                )
+                actions = np.asarray(self.policy.predict_from_inputs(
+                    stack_inputs([r.inputs for r in batch], self.pad_id), self.unnorm_key))
             except Exception as exc:  # one failing batch fails its requests, not the batcher
                 for r in batch:
-                    if not r.future.done():
-                        r.future.set_exception(exc)
+                    r.future.set_exception(exc)
                 continue
             end = time.perf_counter()
             for r, action in zip(batch, actions, strict=True):
-                if not r.future.done():
-                    r.future.set_result(
-                        BatchedPrediction(np.asarray(action), len(batch), start - r.submitted, end - start,
-                                          end - r.submitted)
-                    )
+                done = BatchedPrediction(action, len(batch), start - r.submitted, end - start, end - r.submitted)
+                self._done.append(done)
+                r.future.set_result(done)
+        while not self._queue.empty():  # fail what arrived after close
+            req = self._queue.get_nowait()
+            if req is not None:
+                req.future.set_exception(RuntimeError("the batcher is closed"))
