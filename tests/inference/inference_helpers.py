@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import threading
+import time
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from crane_x7_vla import robot
+from crane_x7_vla.bridge.messages import CompressedImage, Header, Time
+from crane_x7_vla.bridge.server import RosbridgeServer
 from crane_x7_vla.inference.settings import InferenceSettings
 
 
@@ -84,3 +89,30 @@ class QueryRecorder:
 
 def decoded(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+class Rig:
+    """A server, a camera task publishing frames, and a record of what the service published."""
+
+    def __init__(self, server: RosbridgeServer) -> None:
+        self.server = server
+        self.actions: list[tuple[float, dict[str, Any]]] = []
+        self.status: list[dict[str, Any]] = []
+        self.camera_on = True
+        self._wire()
+
+    def _wire(self) -> None:
+        self.server.add_subscriber(robot.PREDICTED_ACTION_TOPIC, lambda m: self.actions.append((time.monotonic(), m)))
+        self.server.add_subscriber(robot.INFERENCE_STATUS_TOPIC, lambda m: self.status.append(json.loads(m["data"])))
+
+    def frame(self, data: bytes, fmt: str = "jpeg", stamp: float | None = None) -> None:
+        header = Header(Time.from_seconds(stamp if stamp is not None else time.time()), "cam")
+        self.server.publish(robot.CAMERA_COMPRESSED_TOPIC, CompressedImage.TYPE, CompressedImage(data, fmt, header))
+
+    async def camera(self, rate: float = 30.0, seeds: tuple[int, ...] = (0, 1, 2, 3)) -> None:
+        i = 0
+        while True:
+            if self.camera_on:
+                self.frame(jpeg_bytes(seeds[i % len(seeds)]))
+            i += 1
+            await asyncio.sleep(1 / rate)  # a camera's frame period, not synchronisation

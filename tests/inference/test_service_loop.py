@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 import numpy as np
-from inference_helpers import RecordingPolicy, jpeg_bytes, loopback_settings, wait_until
+from inference_helpers import RecordingPolicy, Rig, jpeg_bytes, loopback_settings, wait_until
 
 from crane_x7_vla import robot
 from crane_x7_vla.bridge.client import RosbridgeClient
-from crane_x7_vla.bridge.messages import CompressedImage, Float32MultiArray, Header, String, Time
+from crane_x7_vla.bridge.messages import CompressedImage, Float32MultiArray, String
 from crane_x7_vla.bridge.server import RosbridgeServer
 from crane_x7_vla.inference.service import InferenceService
 from crane_x7_vla.inference.settings import InferenceSettings
@@ -23,33 +22,6 @@ def settings(port: int, **kw: Any) -> InferenceSettings:
 
 
 until = wait_until  # 10 s default
-
-
-class Rig:
-    """A server, a camera task publishing frames, and a record of what the service published."""
-
-    def __init__(self, server: RosbridgeServer) -> None:
-        self.server = server
-        self.actions: list[tuple[float, dict[str, Any]]] = []
-        self.status: list[dict[str, Any]] = []
-        self.camera_on = True
-        self._wire()
-
-    def _wire(self) -> None:
-        self.server.add_subscriber(robot.PREDICTED_ACTION_TOPIC, lambda m: self.actions.append((time.monotonic(), m)))
-        self.server.add_subscriber(robot.INFERENCE_STATUS_TOPIC, lambda m: self.status.append(json.loads(m["data"])))
-
-    def frame(self, data: bytes, fmt: str = "jpeg", stamp: float | None = None) -> None:
-        header = Header(Time.from_seconds(stamp if stamp is not None else time.time()), "cam")
-        self.server.publish(robot.CAMERA_COMPRESSED_TOPIC, CompressedImage.TYPE, CompressedImage(data, fmt, header))
-
-    async def camera(self, rate: float = 30.0) -> None:
-        i = 0
-        while True:
-            if self.camera_on:
-                self.frame(jpeg_bytes(i % 4))
-            i += 1
-            await asyncio.sleep(1 / rate)  # a camera's frame period, not synchronisation
 
 
 def values(msg: dict[str, Any]) -> np.ndarray:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import sys
+from dataclasses import replace
 from typing import Any
 
 from crane_x7_vla.inference.settings import (
@@ -50,7 +51,7 @@ def load_policy(settings: InferenceSettings) -> Any:
 
         log.info("serving %s with the CUDA-graph engine (first action of each batch size captures a graph)",
                  settings.model_path)
-        return OpenVLAEngine(model, max_batch=1)
+        return OpenVLAEngine(model, max_batch=len(settings.robots))
     return model
 
 
@@ -63,22 +64,44 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
 
 
 async def serve(settings: InferenceSettings, policy: Any, stop: asyncio.Event | None = None) -> int:
-    """Run the service with a real :class:`RosbridgeClient` until ``stop`` (or a signal)."""
+    """Serve every configured robot with a real :class:`RosbridgeClient` each until ``stop`` (or a signal).
+
+    With several robots, one :class:`~crane_x7_vla.models.batcher.BatchedPolicy` coalesces their model calls;
+    each robot keeps its own tick loop, status and reconnects, and one unreachable robot does not stop the
+    others. Returns 1 if any robot's link failed for good."""
     from crane_x7_vla.bridge.client import RosbridgeClient
     from crane_x7_vla.inference.service import InferenceService
 
     stop = stop or asyncio.Event()
     install_stop_handlers(stop)
-    client = RosbridgeClient(settings.rosbridge_host, settings.rosbridge_port, proxy=settings.rosbridge_proxy)
-    service = InferenceService(settings, policy, client)
-    client.add_state_listener(service.on_connection_state)
-    try:
-        await service.run(stop)
-    except ConnectionError as exc:
-        log.error("%s", exc)
-        return 1
-    log.info("stopped: %s", service.snapshot())
-    return 0
+    shared = policy
+    if len(settings.robots) > 1:
+        from crane_x7_vla.models.batcher import BatchedPolicy
+
+        shared = BatchedPolicy(policy, max_batch=len(settings.robots), max_wait_s=settings.batch_wait_ms / 1e3)
+        log.info("serving %d robots with batched model calls (wait <= %.1f ms)", len(settings.robots),
+                 settings.batch_wait_ms)
+    services = []
+    for host, port in settings.robots:
+        client = RosbridgeClient(host, port, proxy=settings.rosbridge_proxy)
+        service = InferenceService(replace(settings, rosbridge_host=host, rosbridge_port=port, extra_robots=()),
+                                   shared, client)
+        client.add_state_listener(service.on_connection_state)
+        services.append(service)
+    results = await asyncio.gather(*(s.run(stop) for s in services), return_exceptions=True)
+    code = 0
+    for service, res in zip(services, results, strict=True):
+        robot_name = f"{service.settings.rosbridge_host}:{service.settings.rosbridge_port}"
+        if isinstance(res, ConnectionError):
+            log.error("%s: %s", robot_name, res)
+            code = 1
+        elif isinstance(res, BaseException):
+            raise res
+        else:
+            log.info("%s stopped: %s", robot_name, service.snapshot())
+    if shared is not policy:
+        shared.close()
+    return code
 
 
 def main(args: argparse.Namespace) -> int:

@@ -458,4 +458,7 @@ class InferenceService:
         snap["chunk"] = self.chunks.snapshot()
         if self.wrist_slot is not None:
             snap["wrist_frames"] = {"received": self.wrist_slot.received}
+        batch_stats = getattr(self.policy, "stats", None)  # shared multi-robot batcher: per-request latency
+        if callable(batch_stats):
+            snap["batch"] = batch_stats()
         return snap

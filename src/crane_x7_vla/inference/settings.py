@@ -38,6 +38,9 @@ ENV_MAX_FRAME_BYTES = "VLA_MAX_FRAME_BYTES"
 ENV_CHUNK_STEPS = "VLA_CHUNK_STEPS"
 ENV_WRIST_TOPIC = "VLA_WRIST_IMAGE_TOPIC"
 ENV_VQ_PATH = "VLA_VQ_PATH"
+ENV_EXTRA_ROBOTS = "VLA_EXTRA_ROBOTS"
+ENV_BATCH_WAIT = "VLA_BATCH_WAIT_MS"
+MAX_ROBOTS = 64
 MAX_CHUNK_STEPS = 256  # a sanity bound before the model is known; the real bound is the model's chunk length
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
@@ -67,11 +70,20 @@ class InferenceSettings:
     # CompressedImage topic of the wrist camera, for models that take one (no default: the robot spec names none).
     wrist_image_topic: str | None = None
     vq_path: str | None = None  # VQ MiniVLA: residual-VQ weights (local dir or 'org/repo/subfolder')
+    # More robots served by this process, one rosbridge connection each (host, port); their model calls are
+    # coalesced into shared batches (crane_x7_vla.models.batcher). Empty: the seed's one robot.
+    extra_robots: tuple[tuple[str, int], ...] = ()
+    batch_wait_ms: float = 4.0  # how long a robot's request waits for company before its batch runs
     hf_token: str | None = field(default=None, repr=False)  # HF Hub token: env only, never logged
 
     @property
     def period(self) -> float:
         return 1.0 / self.inference_rate
+
+    @property
+    def robots(self) -> tuple[tuple[str, int], ...]:
+        """(host, port) of every robot this process serves, the primary one first."""
+        return ((self.rosbridge_host, self.rosbridge_port), *self.extra_robots)
 
     def public_dict(self) -> dict[str, Any]:
         """A loggable/savable view: secrets redacted."""
@@ -115,6 +127,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--status-period", help="seconds between status messages [1.0]")
     f.add_argument("--wrist-image-topic",
                    help=f"wrist camera CompressedImage topic, for models that take a wrist image [{ENV_WRIST_TOPIC}]")
+    g.add_argument("--extra-robot", action="append", metavar="HOST[:PORT]",
+                   help=f"serve another robot's rosbridge too (repeatable; model calls of all robots are batched) "
+                        f"[{ENV_EXTRA_ROBOTS}: comma-separated]")
+    g.add_argument("--batch-wait-ms", help=f"with several robots, how long a request waits for company "
+                                           f"[{ENV_BATCH_WAIT}, default 4]")
     c = parser.add_argument_group("action chunks (MiniVLA)")
     c.add_argument("--chunk-steps", help=f"publish this many steps of each predicted chunk open loop before "
                                           f"querying again [{ENV_CHUNK_STEPS}, 1 = every tick]")
@@ -235,6 +252,10 @@ def resolve_settings(
         p.append(f"VQ path {vq_path!r} is not a directory; point --vq-path or {ENV_VQ_PATH} at a pretrain_vq run "
                  "directory (config.json + checkpoints/model.pt) or use an 'org/repo/subfolder' Hub path")
 
+    extra_robots = _extra_robots(r, port)
+    batch_wait = r.number("batch_wait_ms", ENV_BATCH_WAIT, 4.0, lo=0, hi=1000,
+                          hint="use milliseconds between 0 and 1000 (default 4)")
+
     hf_token = (os.environ if env is None else env).get(ENV_HF_TOKEN) or None
     if p:
         raise SettingsError(p)
@@ -243,8 +264,33 @@ def resolve_settings(
         peer_wait_timeout=peer_wait, instruction=instruction, device=device, inference_rate=rate,
         unnorm_key=unnorm_key, max_frame_age=max_age, max_frame_bytes=max_bytes,
         status_period=status_period, chunk_steps=chunk_steps, wrist_image_topic=wrist_topic, vq_path=vq_path,
-        hf_token=hf_token,
+        extra_robots=extra_robots, batch_wait_ms=batch_wait, hf_token=hf_token,
     )
+
+
+def _extra_robots(r: _Resolver, default_port: int) -> tuple[tuple[str, int], ...]:
+    """``--extra-robot HOST[:PORT]`` (repeated) or ``VLA_EXTRA_ROBOTS=host[:port],...``; problems are recorded."""
+    flag = getattr(r.args, "extra_robot", None) if r.args is not None else None
+    if flag:
+        items, source = [str(x) for x in flag], "--extra-robot"
+    else:
+        items, source = [x for x in r.env.get(ENV_EXTRA_ROBOTS, "").split(",") if x.strip()], ENV_EXTRA_ROBOTS
+    out: list[tuple[str, int]] = []
+    for item in items:
+        host, _, port_text = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "")
+        try:
+            port = int(port_text) if port_text else default_port
+        except ValueError:
+            port = 0
+        if not host or any(c.isspace() for c in host) or "/" in host or not 1 <= port <= 65535:
+            r.problems.append(f"{source}: {item.strip()!r} is not HOST or HOST:PORT (e.g. crane-x7-b or "
+                              "100.64.0.7:9090)")
+            continue
+        out.append((host, port))
+    if len(out) + 1 > MAX_ROBOTS:
+        r.problems.append(f"{source}: {len(out) + 1} robots are more than one process serves ({MAX_ROBOTS}); "
+                          "start another service")
+    return tuple(out)
 
 
 @dataclass(frozen=True)
