@@ -73,10 +73,44 @@ def test_recorded_demos_read_back(recorded: tuple[Path, dict[str, object]]) -> N
     assert sum(1 for _ in ds.steps()) == ds.num_steps
 
 
+def test_expert_workers_record_what_a_sequential_run_records(recorded: tuple[Path, dict[str, object]],
+                                                             tmp_path: Path) -> None:
+    """``--workers 2`` runs the episodes in 2 processes; the recording and the results are those of one."""
+    root, summary = recorded
+    out = tmp_path / "run"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = cli.main(["expert", "--simulator", "mujoco", "--episodes", "2", "--seed", "11", "--record", str(out),
+                       "--image-size", "64", "--workers", "2"])
+    assert rc == 0
+    lines = buf.getvalue().strip().splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["episode 0", "episode 1"]
+    parallel = json.loads(lines[-1])
+    assert parallel["results"] == summary["results"]
+    seq, par = DemoDataset(root), DemoDataset(out)
+    assert len(par) == len(seq) == 2
+    assert json.loads((out / "meta.json").read_text())["episodes"] == json.loads((root / "meta.json").read_text())[
+        "episodes"]
+    for i in range(2):
+        a, b = seq.episode(i), par.episode(i)
+        assert (a.seed, a.success, a.instruction) == (b.seed, b.success, b.instruction)
+        for name in ("images", "actions", "qpos"):
+            np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=f"episode {i} {name}")
+
+
 def test_expert_cli_json_only_and_bad_backend(capsys: pytest.CaptureFixture[str]) -> None:
     rc = cli.main(["expert", "--simulator", "mujoco", "--backend", "gpu", "--episodes", "1", "--json"])
     assert rc == 2
     assert "CPU only" in capsys.readouterr().err
+    # ... also when the simulators are built in --workers processes; and --workers must be >= 1.
+    rc = cli.main(["expert", "--simulator", "mujoco", "--backend", "gpu", "--episodes", "2", "--workers", "2"])
+    assert rc == 2
+    assert "CPU only" in capsys.readouterr().err
+    assert cli.main(["expert", "--episodes", "1", "--workers", "0"]) == 2
+    assert "--workers must be >= 1" in capsys.readouterr().err
 
 
 def test_isaacsim_fails_fast_with_what_to_do() -> None:

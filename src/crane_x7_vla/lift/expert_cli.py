@@ -4,14 +4,21 @@ Prints one line per episode (unless ``--json``) and always ONE JSON object last:
 
     {"simulator": ..., "episodes": N, "successes": k, "success_rate": k / N, "results": [{"seed", "success",
      "steps"}, ...], "record": DIR | null, "seconds": ...}
+
+With ``--workers N`` the episodes run in N processes (``spawn``), each with its own simulator and expert; the
+parent prints and records them in seed order, so the output equals a sequential run's (an episode is a
+function of its seed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
+import signal
 import sys
 import time
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -33,6 +40,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--action-noise", type=float, default=0.0, metavar="RAD",
                         help="DART-style: execute the expert's arm targets plus N(0, RAD^2) noise but record the "
                              "clean targets, so demos show how to recover from small errors (default 0)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run the episodes in N processes (default 1: in this process); the results and the "
+                             "recording are the same as with 1, in seed order")
     parser.add_argument("--json", action="store_true", help="print only the final JSON object")
 
 
@@ -71,14 +81,61 @@ def run_episode(sim: Any, expert: Any, seed: int, record: bool, action_noise: fl
     return out
 
 
+class WorkerSetupError(RuntimeError):
+    """A ``--workers`` process could not build its simulator (the message says why)."""
+
+
+_WORKER: dict[str, Any] = {}  # the simulator and expert of a --workers process
+
+
+def _init_worker(simulator: str, config: Any, record: bool, action_noise: float) -> None:
+    """Pool initializer: build this process's simulator and expert once (an error is kept for the first task)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it terminates the pool
+    from crane_x7_vla.lift import create_simulator
+    from crane_x7_vla.lift.expert import ScriptedExpert
+
+    try:
+        sim = create_simulator(simulator, config)
+    except Exception as exc:  # raising here would make the pool restart the worker forever
+        _WORKER["error"] = f"{exc}"
+        return
+    _WORKER.update(sim=sim, expert=ScriptedExpert(1, config.sim_rate), record=record, action_noise=action_noise)
+
+
+def _worker_episode(seed: int) -> dict[str, Any]:
+    if "error" in _WORKER:
+        raise WorkerSetupError(_WORKER["error"])
+    return run_episode(_WORKER["sim"], _WORKER["expert"], seed, _WORKER["record"], _WORKER["action_noise"])
+
+
+def _pool_episodes(args: argparse.Namespace, config: Any, seeds: list[int],
+                   record: bool) -> Generator[dict[str, Any], None, None]:
+    """Episode results in seed order from ``--workers`` processes (imap: only finished ones wait in memory)."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(min(args.workers, len(seeds)), initializer=_init_worker,
+                  initargs=(args.simulator, config, record, args.action_noise)) as pool:
+        yield from pool.imap(_worker_episode, seeds, chunksize=1)
+
+
+def _sequential_episodes(sim: Any, seeds: list[int], record: bool,
+                         action_noise: float) -> Generator[dict[str, Any], None, None]:
+    from crane_x7_vla.lift.expert import ScriptedExpert
+
+    expert = ScriptedExpert(1, sim.config.sim_rate)
+    for seed in seeds:
+        yield run_episode(sim, expert, seed, record, action_noise)
+
+
 def main(args: argparse.Namespace) -> int:
     from crane_x7_vla.lift import SimulatorConfig, SimulatorUnavailableError, create_simulator
     from crane_x7_vla.lift.dataset import DemoWriter, Episode
-    from crane_x7_vla.lift.expert import ScriptedExpert
     from crane_x7_vla.lift.tasks import get_task
 
     if args.episodes < 1:
         print("crane-x7-vla expert: --episodes must be >= 1", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print(f"crane-x7-vla expert: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
     if not 0.0 <= args.action_noise <= 0.2:
         print(f"crane-x7-vla expert: --action-noise must be in [0, 0.2] rad, got {args.action_noise}", file=sys.stderr)
@@ -88,27 +145,36 @@ def main(args: argparse.Namespace) -> int:
         env_id=args.env_id, backend=args.backend, max_episode_steps=args.max_steps, num_envs=1,
         render_images=record, image_size=(args.image_size, args.image_size), camera=args.camera,
     )
+    seeds = [args.seed + i for i in range(args.episodes)]
+    sim = None
     try:
         task = get_task(args.env_id)
-        sim = create_simulator(args.simulator, config)
+        if args.workers == 1:
+            sim = create_simulator(args.simulator, config)
     except (SimulatorUnavailableError, ValueError) as exc:
         print(f"crane-x7-vla expert: {exc}", file=sys.stderr)
         return 2
-    writer = DemoWriter(args.record, args.env_id, config.camera, config.sim_rate, config.image_size) if record else None
-    expert = ScriptedExpert(1, config.sim_rate)
+    episodes = (_sequential_episodes(sim, seeds, record, args.action_noise) if sim is not None
+                else _pool_episodes(args, config, seeds, record))  # the pool starts with the first episode
     results = []
     start = time.perf_counter()
     try:
-        for i in range(args.episodes):
-            res = run_episode(sim, expert, args.seed + i, record, args.action_noise)
+        writer = (DemoWriter(args.record, args.env_id, config.camera, config.sim_rate, config.image_size)
+                  if record else None)
+        for i, res in enumerate(episodes):
             if writer is not None:
                 images, actions, qpos = res.pop("trajectory")
                 writer.add(Episode(images, actions, qpos, task.instruction, res["success"], res["seed"]))
             results.append(res)
             if not args.json:
                 print(f"episode {i}: seed {res['seed']} success {res['success']} steps {res['steps']}", flush=True)
+    except WorkerSetupError as exc:
+        print(f"crane-x7-vla expert: {exc}", file=sys.stderr)
+        return 2
     finally:
-        sim.close()
+        episodes.close()  # ends the worker processes
+        if sim is not None:
+            sim.close()
     successes = sum(r["success"] for r in results)
     summary = {
         "simulator": args.simulator, "env_id": args.env_id, "episodes": len(results), "successes": successes,
