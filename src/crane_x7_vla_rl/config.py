@@ -45,6 +45,7 @@ class RolloutConfig(_Frozen):
     camera: Literal["wrist", "third_person"] = "wrist"  # added: camera the policy sees
     image_size: tuple[int, int] = (224, 224)  # added: rendered (height, width) before the VLA's own resize
     robot_init_qpos_noise: float = Field(default=0.02, ge=0.0)  # added: rest-pose noise at reset (rad)
+    sim_workers: int = Field(default=0, ge=0)  # added: >1 steps the envs in that many processes (CPU backends)
 
     @property
     def effective_reward_mode(self) -> Literal["binary", "staged", "dense"]:
@@ -239,6 +240,7 @@ FLAG_KEYS: dict[str, str] = {
     "instruction": "language_instruction",
     "wandb_project": "wandb_project",
     "camera": "rollout.camera",
+    "sim_workers": "rollout.sim_workers",
 }
 # store_true flags: only an explicit True overrides (absent means "not given").
 BOOL_FLAG_KEYS: dict[str, str] = {"use_wandb": "use_wandb", "render": "render"}

@@ -62,3 +62,18 @@ def test_grpo_group_size_must_divide_envs() -> None:
     with pytest.raises(ConfigError, match="grpo_group_size"):
         resolve(flags={"num_parallel_envs": 3}, base={"ppo": {"algorithm": "grpo", "grpo_group_size": 2}},
                 environ={})
+
+
+def test_sim_workers_from_yaml_and_flags(tmp_path: Path) -> None:
+    from crane_x7_vla_rl.training.cli import build_parser
+
+    assert TrainConfig().rollout.sim_workers == 0  # in-process by default
+    p = tmp_path / "c.yaml"
+    p.write_text("rollout:\n  sim_workers: 4\n")
+    assert resolve(p, environ={}).rollout.sim_workers == 4
+    for argv in (["train", "--sim-workers", "2"], ["evaluate", "--checkpoint", "x", "--sim-workers", "2"]):
+        flags = vars(build_parser().parse_args(argv))
+        assert resolve(p, flags={"sim_workers": flags["sim_workers"]}, environ={}).rollout.sim_workers == 2
+    p.write_text("rollout:\n  sim_workers: -1\n")
+    with pytest.raises(ConfigError, match=r"rollout\.sim_workers: Input should be greater than or equal to 0"):
+        resolve(p, environ={})

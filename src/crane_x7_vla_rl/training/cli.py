@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--env-id", help="task id (default PickPlace-CRANE-X7)")
     train.add_argument("--backend", help="cpu / gpu (env LIFT_BACKEND)")
     train.add_argument("--num-parallel-envs", type=int)
+    train.add_argument("--sim-workers", type=int,
+                       help="step the envs in this many processes (default 0: in the trainer's; CPU backends)")
     train.add_argument("--render", action="store_true", help="live visualisation")
     train.add_argument("--camera", choices=("wrist", "third_person"), help="camera the policy sees (default wrist)")
     train.add_argument("--num-updates", type=int)
@@ -48,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="camera the policy sees (default: the checkpoint's, else wrist; match the SFT demos)")
     ev.add_argument("--backend", default=None, help="cpu / gpu (default: the checkpoint's)")
     ev.add_argument("--num-parallel-envs", type=int, default=None)
+    ev.add_argument("--sim-workers", type=int, default=None,
+                    help="step the envs in this many processes (default: the checkpoint's, else 0 = in this one)")
     ev.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: eval_temperature)")
     ev.add_argument("--instruction", default=None)
     ev.add_argument("--device", default=None)

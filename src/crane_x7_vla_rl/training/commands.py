@@ -79,7 +79,8 @@ def evaluate(args: argparse.Namespace) -> int:
         # An RL checkpoint brings its config; any other VLA checkpoint is evaluated with the defaults.
         base = ckpt.load_config_dict(path) if rl else {"pretrained_checkpoint": str(path)}
         flags = {"simulator": args.simulator, "env_id": args.env_id, "backend": args.backend,
-                 "num_parallel_envs": args.num_parallel_envs, "render": args.render, "camera": args.camera}
+                 "num_parallel_envs": args.num_parallel_envs, "render": args.render, "camera": args.camera,
+                 "sim_workers": args.sim_workers}
         config = resolve(None, flags, base=base)
         if args.device:
             config = config.model_copy(update={"device": args.device})

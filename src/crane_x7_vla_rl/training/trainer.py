@@ -86,7 +86,7 @@ def make_simulator(config: TrainConfig, num_envs: int | None = None,
         device=(str(device) if device is not None and device.type == "cuda"  # a rank's own GPU
                 else config.device if config.device.startswith("cuda") and device is None else "cpu"),
     )
-    return create_simulator(r.simulator, sim_cfg)
+    return create_simulator(r.simulator, sim_cfg, workers=r.sim_workers)
 
 
 def derived_seed(seed: int, update: int, stream: int) -> int:

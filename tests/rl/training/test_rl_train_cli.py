@@ -62,7 +62,9 @@ def test_train_writes_checkpoints_logs_and_videos(trained: Path) -> None:
 
 def test_evaluate_prints_json_last(trained: Path) -> None:
     ckpt = trained / "crane_x7_vla_rl" / "checkpoint_latest"
-    proc = _run(["evaluate", "--checkpoint", str(ckpt), "--num-episodes", "2", "--simulator", "mujoco"])
+    # --sim-workers 2: the checkpoint's 2 envs are stepped in 2 processes (the trainer stepped them in-process)
+    proc = _run(["evaluate", "--checkpoint", str(ckpt), "--num-episodes", "2", "--simulator", "mujoco",
+                 "--sim-workers", "2"])
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert 0.0 <= result["success_rate"] <= 1.0
     assert result["num_episodes"] == 2 and len(result["episodes"]) == 2

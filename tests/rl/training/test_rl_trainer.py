@@ -86,3 +86,24 @@ def test_grpo_runs_and_groups_share_initial_states(rl_tiny_ckpt: Path, tmp_path:
         assert len({int(obs.rgb_image[i, 0, 0, 2]) for i in members}) == 1
     trainer.train()
     assert "losses/policy_loss" in trainer.logger.rows[-1]
+
+
+def test_make_simulator_spreads_the_envs_over_sim_workers() -> None:
+    pytest.importorskip("mujoco")
+    from crane_x7_vla.lift.parallel import ParallelSimulator
+    from crane_x7_vla_rl.training.trainer import make_simulator
+
+    config = validate({"device": "cpu", "rollout": {"simulator": "mujoco", "backend": "cpu", "num_parallel_envs": 3,
+                                                     "sim_workers": 2, "image_size": [32, 32]}})
+    sim = make_simulator(config)
+    try:
+        assert isinstance(sim, ParallelSimulator) and sim.counts == [2, 1]
+        obs, _ = sim.reset(seed=0)
+        assert obs.rgb_image.shape == (3, 32, 32, 3)
+    finally:
+        sim.close()
+    sim = make_simulator(config.model_copy(update={"rollout": config.rollout.model_copy(update={"sim_workers": 1})}))
+    try:
+        assert not isinstance(sim, ParallelSimulator)  # 0 or 1: in this process
+    finally:
+        sim.close()
