@@ -60,12 +60,13 @@ class Scale:
     max_steps: int  # episode horizon (the expert needs ~60 steps)
     action_noise: float = 0.005  # DART noise (rad) on the expert's executed arm targets while recording
     camera: str = "wrist"  # the camera of the demos, the RL rollouts and the evaluations ("third_person" too)
+    workers: int = 1  # simulator processes: expert recording, RL rollouts and evaluations (1 = in-process)
 
 
 QUICK = Scale(demos=40, preset="small-cpu", sft_steps=400, batch_size=16, lr=3e-4, eval_episodes=100, eval_envs=10,
-              rl_updates=4, rl_envs=2, rl_rollouts=2, rl_lr=1e-4, max_steps=100)
+              rl_updates=4, rl_envs=2, rl_rollouts=2, rl_lr=1e-4, max_steps=100, workers=1)
 FULL = Scale(demos=240, preset="small", sft_steps=3000, batch_size=128, lr=3e-4, eval_episodes=200, eval_envs=25,
-             rl_updates=40, rl_envs=16, rl_rollouts=16, rl_lr=1e-4, max_steps=100)
+             rl_updates=40, rl_envs=16, rl_rollouts=16, rl_lr=1e-4, max_steps=100, workers=8)  # 16-core host
 
 
 class StepIncomplete(RuntimeError):
@@ -107,7 +108,8 @@ class Workflow:
         # Recording appends: continue at the next seed so every episode is distinct.
         out = run([*self.cli, "expert", "--simulator", "mujoco", "--episodes", str(self.scale.demos - have),
                    "--seed", str(have), "--record", str(demos), "--action-noise", str(self.scale.action_noise),
-                   "--camera", self.scale.camera, "--json"], self.step_seconds, self.logs / "data.log")
+                   "--camera", self.scale.camera, "--workers", str(self.scale.workers), "--json"], self.step_seconds,
+                  self.logs / "data.log")
         print(f"data: {out['successes']}/{out['episodes']} expert successes in {out['seconds']} s (only successful "
               "episodes are trained on)")
 
@@ -146,7 +148,7 @@ class Workflow:
         """The one evaluation command of this workflow (MuJoCo, the scale's camera, greedy)."""
         return [*self.rl_cli, "evaluate", "--checkpoint", str(checkpoint), "--simulator", "mujoco", "--camera",
                 self.scale.camera, "--backend", "cpu", "--num-episodes", str(episodes), "--seed", str(seed),
-                "--num-parallel-envs", str(envs), "--device", self.device]
+                "--num-parallel-envs", str(envs), "--sim-workers", str(self.scale.workers), "--device", self.device]
 
     def _videos(self, name: str, checkpoint: Path, episodes: list[dict[str, Any]]) -> dict[str, str]:
         """Replay one successful and one failed evaluation episode (same seed, batch 1) as mp4."""
@@ -239,7 +241,7 @@ def rl_yaml(s: Scale, device: str) -> str:
         "save_interval": 1, "num_eval_episodes": max(4, s.eval_envs), "save_eval_videos": False,
         "rollout": {"simulator": "mujoco", "backend": "cpu", "num_parallel_envs": s.rl_envs,
                     "num_rollouts_per_update": s.rl_rollouts, "max_steps": s.max_steps, "reward_mode": "staged",
-                    "camera": s.camera},
+                    "camera": s.camera, "sim_workers": s.workers},
         "ppo": {"learning_rate": s.rl_lr, "minibatch_size": 64},
     }
     return json.dumps(cfg, indent=2) + "\n"  # JSON is valid YAML
