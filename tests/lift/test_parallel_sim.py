@@ -167,6 +167,7 @@ def test_bit_identical_to_the_in_process_simulator(pair: tuple[ParallelSimulator
     (obs_p, info_p), (obs_r, info_r) = (s.reset(seed=21) for s in sims)
     assert_same_observation(obs_p, obs_r)
     assert_same_info(info_p, info_r)
+    first, first_copy = obs_p.rgb_image, obs_p.rgb_image.copy()  # frames come through shared memory ...
     rng = np.random.default_rng(0)
     target = obs_r.qpos.astype(np.float64)
     for t in range(4):
@@ -177,6 +178,7 @@ def test_bit_identical_to_the_in_process_simulator(pair: tuple[ParallelSimulator
         assert_same_info(rp.info, rr.info)
         for name in ("reward", "terminated", "truncated"):
             np.testing.assert_array_equal(getattr(rp, name), getattr(rr, name), err_msg=f"{name} at step {t}")
+    np.testing.assert_array_equal(first, first_copy)  # ... but what was returned is the caller's: no later change
     # A partial reset spanning both workers, then one touching worker 0 only: the full batch comes back.
     for idx in (np.array([2, 1]), np.array([0])):
         (obs_p, info_p), (obs_r, info_r) = (s.reset(seed=5, env_idx=idx) for s in sims)
