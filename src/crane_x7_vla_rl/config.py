@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 TemplateName = Literal["default", "fast", "full"]
 
@@ -46,6 +46,15 @@ class RolloutConfig(_Frozen):
     image_size: tuple[int, int] = (224, 224)  # added: rendered (height, width) before the VLA's own resize
     robot_init_qpos_noise: float = Field(default=0.02, ge=0.0)  # added: rest-pose noise at reset (rad)
     sim_workers: int = Field(default=0, ge=0)  # added: >1 steps the envs in that many processes (CPU backends)
+    # added: act (rollouts, evaluation) through the static-cache CUDA-graph engine with the LoRA deltas merged
+    # into its own weight copy; auto = on for OpenVLA on CUDA (several times faster sampling, ~12 GiB more for 7B)
+    engine: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean; `engine: on` means the word.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @property
     def effective_reward_mode(self) -> Literal["binary", "staged", "dense"]:
@@ -241,6 +250,7 @@ FLAG_KEYS: dict[str, str] = {
     "wandb_project": "wandb_project",
     "camera": "rollout.camera",
     "sim_workers": "rollout.sim_workers",
+    "engine": "rollout.engine",
 }
 # store_true flags: only an explicit True overrides (absent means "not given").
 BOOL_FLAG_KEYS: dict[str, str] = {"use_wandb": "use_wandb", "render": "render"}

@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-parallel-envs", type=int)
     train.add_argument("--sim-workers", type=int,
                        help="step the envs in this many processes (default 0: in the trainer's; CPU backends)")
+    train.add_argument("--engine", choices=("auto", "on", "off"),
+                       help="act through the CUDA-graph engine (rollout.engine; auto = OpenVLA on CUDA)")
     train.add_argument("--render", action="store_true", help="live visualisation")
     train.add_argument("--camera", choices=("wrist", "third_person"), help="camera the policy sees (default wrist)")
     train.add_argument("--num-updates", type=int)
@@ -52,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-parallel-envs", type=int, default=None)
     ev.add_argument("--sim-workers", type=int, default=None,
                     help="step the envs in this many processes (default: the checkpoint's, else 0 = in this one)")
+    ev.add_argument("--engine", choices=("auto", "on", "off"), default=None,
+                    help="act through the CUDA-graph engine (default: the checkpoint's rollout.engine, else auto)")
     ev.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: eval_temperature)")
     ev.add_argument("--instruction", default=None)
     ev.add_argument("--device", default=None)

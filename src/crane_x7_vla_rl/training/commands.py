@@ -80,7 +80,7 @@ def evaluate(args: argparse.Namespace) -> int:
         base = ckpt.load_config_dict(path) if rl else {"pretrained_checkpoint": str(path)}
         flags = {"simulator": args.simulator, "env_id": args.env_id, "backend": args.backend,
                  "num_parallel_envs": args.num_parallel_envs, "render": args.render, "camera": args.camera,
-                 "sim_workers": args.sim_workers}
+                 "sim_workers": args.sim_workers, "engine": args.engine}
         config = resolve(None, flags, base=base)
         if args.device:
             config = config.model_copy(update={"device": args.device})
@@ -140,7 +140,7 @@ def export(args: argparse.Namespace) -> int:
     import torch
 
     device = torch.device(args.device or "cpu")
-    policy = build_policy(config.model_copy(update={"device": str(device)}), device)
+    policy = build_policy(config.model_copy(update={"device": str(device)}), device, acting=False)
     policy.load_adapter(path)
     # save_pretrained folds the unmerged LoRA deltas into the weights: a plain OpenVLA checkpoint results.
     out = save_pretrained(policy.vla, args.output)  # type: ignore[arg-type]

@@ -53,17 +53,24 @@ def hf_token() -> str | None:
     return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
 
 
-def build_policy(config: TrainConfig, device: torch.device) -> VLAActorCritic:
-    """Load the starting VLA (local dir, Hub id or LoRA adapter dir) and wrap it with LoRA + value head."""
+def build_policy(config: TrainConfig, device: torch.device, *, acting: bool = True) -> VLAActorCritic:
+    """Load the starting VLA (local dir, Hub id or LoRA adapter dir) and wrap it with LoRA + value head.
+
+    With ``acting`` the policy acts through the static-cache engine where ``rollout.engine`` allows it."""
     from crane_x7_vla.models.loading import load_vla
+    from crane_x7_vla.models.openvla import OpenVLA
 
     # bf16 weights on GPU (7B fits), fp32 on CPU (exact resume, and CPU bf16 matmuls are slow).
     dtype = torch.bfloat16 if device.type == "cuda" and config.bf16 else torch.float32
     vla = load_vla(config.checkpoint_source, device=device, dtype=dtype, unnorm_key=config.unnorm_key,
                    hf_token=hf_token(), merge_lora=True)
-    return VLAActorCritic(vla, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
-                          lora_dropout=config.lora_dropout, value_head_hidden=config.value_head_hidden,
-                          base_source=_absolute_if_local(config.checkpoint_source))
+    policy = VLAActorCritic(vla, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+                            lora_dropout=config.lora_dropout, value_head_hidden=config.value_head_hidden,
+                            base_source=_absolute_if_local(config.checkpoint_source))
+    mode = config.rollout.engine
+    if acting and (mode == "on" or (mode == "auto" and device.type == "cuda" and isinstance(vla, OpenVLA))):
+        policy.enable_engine(config.rollout.num_parallel_envs)  # "on" with MiniVLA: a ValueError naming the key
+    return policy
 
 
 def _absolute_if_local(source: str) -> str:
@@ -389,7 +396,7 @@ class Trainer:
         total = torch.cuda.get_device_properties(self.device).total_memory
         plan_config = MemoryConfig.from_train_config(
             config, ModelDims.from_openvla_config(vla_config),
-            activation_checkpointing=self.policy.gradient_checkpointing,
+            activation_checkpointing=self.policy.gradient_checkpointing, rollout_engine=self.policy.engine_enabled,
             num_rollouts_per_update=max(1, config.rollout.num_rollouts_per_update // self.dist.world_size),
         )
         plan = check_fits(plan_config, total)

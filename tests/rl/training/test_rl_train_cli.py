@@ -111,3 +111,22 @@ def test_bad_yaml_key_fails_with_its_name(tmp_path: Path, rl_tiny_ckpt: Path) ->
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "rollout.num_parralel_envs" in proc.stderr and "rollout.num_parallel_envs" in proc.stderr
+
+
+def test_train_through_the_engine_stores_the_log_probs_ppo_recomputes(rl_tiny_ckpt: Path, tmp_path: Path) -> None:
+    """rollout.engine: on (CPU runs the engine's static path without graphs): the first PPO ratio is still 1,
+    i.e. the engine sampled from exactly the distribution the update re-scores."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("device: cpu\neval_interval: 100\nlora_rank: 4\n"
+                   "rollout:\n  max_steps: 3\n  image_size: [56, 56]\n  engine: on\n"  # YAML's bare on
+                   "ppo:\n  minibatch_size: 4\n  num_epochs: 1\n")
+    _run(["train", "--config", str(cfg), "--pretrained", str(rl_tiny_ckpt), "--simulator", "mujoco",
+          "--num-parallel-envs", "2", "--num-updates", "2", "--num-rollouts", "2", "--output-dir", str(tmp_path)])
+    run = tmp_path / "crane_x7_vla_rl"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == [1, 2]
+    # Update 2's rollout ran on adapters the first update changed: the engine re-merged them.
+    assert all(r["losses/first_ratio_dev"] < 1e-4 for r in rows), [r["losses/first_ratio_dev"] for r in rows]
+    from crane_x7_vla_rl.training.checkpoint import load_config
+
+    assert load_config(run / "checkpoint_latest").rollout.engine == "on"
