@@ -61,12 +61,16 @@ class Scale:
     action_noise: float = 0.005  # DART noise (rad) on the expert's executed arm targets while recording
     camera: str = "wrist"  # the camera of the demos, the RL rollouts and the evaluations ("third_person" too)
     workers: int = 1  # simulator processes: expert recording, RL rollouts and evaluations (1 = in-process)
+    engine: str = "auto"  # rollout.engine of RL and evaluation: the CUDA-graph engine on CUDA (auto), on, off
 
 
 QUICK = Scale(demos=40, preset="small-cpu", sft_steps=400, batch_size=16, lr=3e-4, eval_episodes=100, eval_envs=10,
               rl_updates=4, rl_envs=2, rl_rollouts=2, rl_lr=1e-4, max_steps=100, workers=1)
-FULL = Scale(demos=240, preset="small", sft_steps=3000, batch_size=128, lr=3e-4, eval_episodes=200, eval_envs=25,
-             rl_updates=40, rl_envs=16, rl_rollouts=16, rl_lr=1e-4, max_steps=100, workers=8)  # 16-core host
+# Full scale: the third-person camera sees the arm and the cube at once (a wrist view cannot tell where the arm is,
+# and absolute joint targets need that); the RL update count is a ceiling, a run stops at its time budget.
+FULL = Scale(demos=400, preset="small", sft_steps=4000, batch_size=128, lr=3e-4, eval_episodes=200, eval_envs=25,
+             rl_updates=300, rl_envs=16, rl_rollouts=16, rl_lr=1e-4, max_steps=100, camera="third_person",
+             workers=8)  # 16-core host
 
 
 class StepIncomplete(RuntimeError):
@@ -148,7 +152,8 @@ class Workflow:
         """The one evaluation command of this workflow (MuJoCo, the scale's camera, greedy)."""
         return [*self.rl_cli, "evaluate", "--checkpoint", str(checkpoint), "--simulator", "mujoco", "--camera",
                 self.scale.camera, "--backend", "cpu", "--num-episodes", str(episodes), "--seed", str(seed),
-                "--num-parallel-envs", str(envs), "--sim-workers", str(self.scale.workers), "--device", self.device]
+                "--num-parallel-envs", str(envs), "--sim-workers", str(self.scale.workers), "--engine",
+                self.scale.engine, "--device", self.device]
 
     def _videos(self, name: str, checkpoint: Path, episodes: list[dict[str, Any]]) -> dict[str, str]:
         """Replay one successful and one failed evaluation episode (same seed, batch 1) as mp4."""
@@ -241,7 +246,7 @@ def rl_yaml(s: Scale, device: str) -> str:
         "save_interval": 1, "num_eval_episodes": max(4, s.eval_envs), "save_eval_videos": False,
         "rollout": {"simulator": "mujoco", "backend": "cpu", "num_parallel_envs": s.rl_envs,
                     "num_rollouts_per_update": s.rl_rollouts, "max_steps": s.max_steps, "reward_mode": "staged",
-                    "camera": s.camera, "sim_workers": s.workers},
+                    "camera": s.camera, "sim_workers": s.workers, "engine": s.engine},
         "ppo": {"learning_rate": s.rl_lr, "minibatch_size": 64},
     }
     return json.dumps(cfg, indent=2) + "\n"  # JSON is valid YAML
@@ -290,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-seconds", type=float, default=600.0, help="time limit of one sub-command (default 600)")
     p.add_argument("--docs", type=Path, default=REPO / "docs", help="where results.md and results/ go")
     for field in Scale.__dataclass_fields__:  # every scale value can be overridden, e.g. --sft-steps 100
-        kind: type = str if field in ("preset", "camera") else float if field.endswith(("lr", "noise")) else int
+        kind: type = str if field in ("preset", "camera", "engine") else float if field.endswith(("lr", "noise")) else int
         p.add_argument(f"--{field.replace('_', '-')}", type=kind, default=None, help="override the scale's value")
     args = p.parse_args(argv)
     base = QUICK if args.quick else FULL
