@@ -84,7 +84,7 @@ class BatchedPolicy:
         self._closed = False
 
     def __getattr__(self, name: str) -> Any:  # model_io and the service read the wrapped model's attributes
-        if name in _NOT_FORWARDED or name.startswith("_"):
+        if name in _NOT_FORWARDED or name.startswith("_") or name == "policy":  # "policy": not set yet
             raise AttributeError(name)
         return getattr(self.policy, name)
 
