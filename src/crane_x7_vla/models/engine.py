@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.profiler import record_function
 
-from crane_x7_vla.models.generate import SampleOutput
+from crane_x7_vla.models.generate import SampleOutput, action_logits, log_probs_and_entropy
 from crane_x7_vla.models.openvla import OpenVLA
 from crane_x7_vla.models.processing import ImageLike, ModelInputs
 
@@ -426,13 +426,11 @@ class OpenVLAEngine:
             tok = m.language_model.lm_head(h).argmax(dim=-1)
         else:  # the same math as generate.sample_action_tokens, restricted to the action ids
             assert g.temperature is not None and g.log_probs is not None and g.entropy is not None
-            first, n_bins = m.action_tokenizer.first_token_id, m.action_tokenizer.n_bins
-            logits = F.linear(h, m.language_model.lm_head.weight[first : first + n_bins]).float()  # [Bp,n_bins]
-            logp = F.log_softmax(logits / g.temperature, dim=-1)
+            logp, entropy = log_probs_and_entropy(action_logits(m, h), g.temperature)  # [Bp,n_bins], [Bp]
             idx = (logp + g.gumbel[:, step]).argmax(dim=-1)
             g.log_probs[:, step] = logp.gather(-1, idx[:, None]).squeeze(-1)
-            g.entropy[:, step] = -(logp.exp() * logp).sum(dim=-1)
-            tok = idx + first
+            g.entropy[:, step] = entropy
+            tok = idx + m.action_tokenizer.first_token_id
         g.tokens[:, step] = tok
         return tok
 

@@ -11,7 +11,7 @@ cheaper and exactly the restricted softmax (other logits masked to -inf).
 
 Temperature convention: ``temperature > 0`` samples from ``softmax(logits / T)`` and reports log-probs/entropy of
 that distribution; ``temperature == 0`` is greedy and reports them at T = 1. Sampling and teacher forcing share
-:func:`_action_logits` so their log-probs agree to float rounding.
+:func:`action_logits` so their log-probs agree to float rounding.
 """
 
 from __future__ import annotations
@@ -43,20 +43,24 @@ class SampleOutput:
     hidden: Tensor  # [B,H] last-layer hidden state at the position predicting the first action token
 
 
-def _action_logits(model: VLA, hidden: Tensor) -> Tensor:
+def action_logits(model: VLA, hidden: Tensor) -> Tensor:
     """hidden [..., H] -> logits over the action bins only [..., n_bins] (ascending token id)."""
     first = model.action_tokenizer.first_token_id
     w = model.language_model.lm_head.weight[first : first + model.action_tokenizer.n_bins]  # [n_bins, H]
     return F.linear(hidden, w).float()
 
 
+def log_probs_and_entropy(logits: Tensor, temperature: float | Tensor) -> tuple[Tensor, Tensor]:
+    """-> (log_probs, entropy) of softmax(logits / temperature); a tensor temperature keeps it graph-capturable."""
+    logp = F.log_softmax(logits / temperature, dim=-1)
+    return logp, -(logp.exp() * logp).sum(dim=-1)
+
+
 def _tempered(logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     """-> (log_probs, entropy) of softmax(logits / T) (T=1 when greedy)."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    logp = F.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
-    entropy = -(logp.exp() * logp).sum(dim=-1)
-    return logp, entropy
+    return log_probs_and_entropy(logits, temperature if temperature > 0 else 1.0)
 
 
 def _new_cache(model: VLA) -> DynamicCache:
@@ -112,7 +116,7 @@ def sample_action_tokens(
     entropies: list[Tensor] = []
 
     def pick(h: Tensor) -> Tensor:
-        logits = _action_logits(model, h)  # [B,n_bins]
+        logits = action_logits(model, h)  # [B,n_bins]
         logp, ent = _tempered(logits, temperature)
         if temperature == 0:
             idx = logits.argmax(dim=-1)
@@ -141,6 +145,6 @@ def action_token_log_probs(model: VLA, inputs: ModelInputs, tokens: Tensor, temp
     am = torch.cat([inputs.attention_mask, inputs.attention_mask.new_ones(tokens.shape[0], d - 1)], dim=1)
     embeds, mask, pos = model.embed_multimodal(ModelInputs(inputs.pixel_values, ids, am))
     hidden = model.llm_hidden(embeds, mask, pos)[:, -d:]  # [B,D,H]: position t predicts token t
-    logp, ent = _tempered(_action_logits(model, hidden), temperature)  # [B,D,n_bins], [B,D]
+    logp, ent = _tempered(action_logits(model, hidden), temperature)  # [B,D,n_bins], [B,D]
     lp = logp.gather(-1, (tokens - first)[..., None]).squeeze(-1)
     return SampleOutput(tokens, lp, ent, hidden[:, 0])
