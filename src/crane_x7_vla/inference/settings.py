@@ -211,7 +211,7 @@ def resolve_settings(
                            hint="use an integer >= 1 and at most the model's chunk length (1 = query every tick)")
 
     host = r.text("rosbridge_host", ENV_HOST, "crane-x7-local") or ""
-    if not host or any(c.isspace() for c in host) or "/" in host:
+    if not _is_host(host):
         p.append(f"rosbridge host {host!r} is not a host name; set --rosbridge-host or {ENV_HOST} "
                  "(e.g. crane-x7-local or 127.0.0.1)")
 
@@ -268,6 +268,11 @@ def resolve_settings(
     )
 
 
+def _is_host(host: str) -> bool:
+    """A plausible host name or IP: non-empty, no whitespace, no URL path."""
+    return bool(host) and not any(c.isspace() for c in host) and "/" not in host
+
+
 def _extra_robots(r: _Resolver, default_port: int) -> tuple[tuple[str, int], ...]:
     """``--extra-robot HOST[:PORT]`` (repeated) or ``VLA_EXTRA_ROBOTS=host[:port],...``; problems are recorded."""
     flag = getattr(r.args, "extra_robot", None) if r.args is not None else None
@@ -282,7 +287,7 @@ def _extra_robots(r: _Resolver, default_port: int) -> tuple[tuple[str, int], ...
             port = int(port_text) if port_text else default_port
         except ValueError:
             port = 0
-        if not host or any(c.isspace() for c in host) or "/" in host or not 1 <= port <= 65535:
+        if not _is_host(host) or not 1 <= port <= 65535:
             r.problems.append(f"{source}: {item.strip()!r} is not HOST or HOST:PORT (e.g. crane-x7-b or "
                               "100.64.0.7:9090)")
             continue
