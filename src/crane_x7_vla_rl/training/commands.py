@@ -47,7 +47,8 @@ def train(args: argparse.Namespace) -> int:
     try:  # under torchrun / accelerate launch every rank runs this; the trainer joins the process group
         try:
             trainer = Trainer(config, resume=resume, progress=sys.stderr.isatty())
-        except distributed.DistributedError as exc:
+        except (distributed.DistributedError, ValueError) as exc:  # ValueError: config vs model/GPU (memory plan)
+            log.debug("trainer setup failed", exc_info=True)
             return _fail(str(exc))
         if trainer.dist.is_main:
             log.info("run directory: %s (%d rank(s))", trainer.run_dir, trainer.dist.world_size)
@@ -88,7 +89,10 @@ def evaluate(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     device = resolve_device(config.device)
     torch.manual_seed(args.seed)
-    policy: VLAActorCritic = build_policy(config, device)
+    try:
+        policy: VLAActorCritic = build_policy(config, device)
+    except ValueError as exc:  # e.g. rollout.engine: on for a model the engine does not run
+        return _fail(str(exc))
     if rl:
         policy.load_adapter(path)
     policy.eval()

@@ -121,3 +121,14 @@ def test_wrist_minivla_is_refused_with_a_reason(tmp_path: Path) -> None:
     vla = load_vla(make_tiny_minivla_checkpoint(tmp_path / "wrist", action_dim=8, use_wrist_image=True))
     with pytest.raises(ValueError, match="one camera"):
         VLAActorCritic(vla, lora_rank=4, lora_alpha=8)
+
+
+def test_engine_on_for_a_minivla_is_a_clear_error(trained: tuple[str, Path, Path],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from crane_x7_vla_rl.training.cli import main
+
+    _, ckpt, _ = trained
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--simulator", "mujoco", "--engine", "on",
+                 "--num-episodes", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "OpenVLA (Llama) models only" in err and "rollout.engine: off" in err
