@@ -41,6 +41,9 @@ class RolloutConfig(_Frozen):
     max_steps: int = Field(default=100, ge=1)  # episode horizon (the simulator's max_episode_steps)
     use_binary_reward: bool = True  # 1 on success else 0; false selects the staged reward
     reward_mode: Literal["binary", "staged", "dense"] | None = None  # added: overrides use_binary_reward
+    # added: staged/dense rewards are paid as their change per step (potential-based shaping; the return is the
+    # stage the episode ends in), so success, which ends an episode, beats lingering in a lower stage
+    progress_reward: bool = True
     temperature: float = Field(default=1.0, gt=0.0)  # sampling temperature; log-probs are recomputed at the same T
     camera: Literal["wrist", "third_person"] = "wrist"  # added: camera the policy sees
     image_size: tuple[int, int] = (224, 224)  # added: rendered (height, width) before the VLA's own resize

@@ -212,10 +212,12 @@ WRIST_CAMERA: Final = CameraSpec(
     name="wrist_camera", parent=GRIPPER_BASE_LINK, xyz=(0.0325, 0.0445, 0.0298),
     rpy=(-1.570796, -1.570796, 0.0), fovy_deg=58.0,
 )
-# A fixed third-person camera in front of the robot looking back at the workspace (world frame).
+# A fixed third-person camera at the front right of the workspace, 41 deg down, looking back at the robot
+# (world frame). It sees the base, the arm and the cube/goal regions at once, and the cube stays visible under
+# the fingers while they close (a view straight from the front had the gripper hide the cube at the grasp).
 THIRD_PERSON_CAMERA: Final = CameraSpec(
-    name="third_person_camera", parent="", xyz=(0.75, 0.0, 0.55), rpy=(0.0, 0.6, 3.141593),
-    fovy_deg=55.0,
+    name="third_person_camera", parent="", xyz=(0.68, -0.35, 0.45), rpy=(0.0, 0.72, 2.385),
+    fovy_deg=45.0,
 )
 
 # --------------------------------------------------------------------------------------------------

@@ -7,6 +7,12 @@ resumed run replays exactly the same episodes without saving simulator state. An
 the buffer. V(s_{t+1}) comes for free from the next step's forward; only envs still running at the horizon
 need one extra value call for their final observation (truncation bootstrap).
 
+With ``progress=True`` (staged and dense rewards in training) an env is paid the *change* of the simulator's
+per-step reward, r_t - r_{t-1} (r_{-1} = 0): potential-based shaping, so an episode's return is the reward of
+the state it ends in. Paid per step as is, a shaped reward makes lingering in a high stage worth more than the
+success that ends the episode (staged: 0.7 per step over the goal for the rest of the horizon against one 1.0),
+and PPO learns not to let go; with the change, success is the best return and dropping the cube costs reward.
+
 A simulator may give each env its own instruction through ``reset()``'s ``info["instruction"]`` (a sequence
 of N strings); otherwise every env gets the configured instruction.
 
@@ -91,8 +97,9 @@ def _bool(x: Any, n: int) -> np.ndarray:
 
 class RolloutCollector:
     def __init__(self, sim: Simulator, policy: Policy, *, instruction: str, max_steps: int, temperature: float,
-                 device: torch.device, group_size: int = 1) -> None:
+                 device: torch.device, group_size: int = 1, progress: bool = False) -> None:
         self.sim = sim
+        self.progress = progress
         self.policy = policy
         self.instruction = instruction
         self.max_steps = max_steps
@@ -136,6 +143,7 @@ class RolloutCollector:
         ep_return = torch.zeros(n, device=dev)
         ep_len = torch.zeros(n, dtype=torch.long, device=dev)
         ep_success = torch.zeros(n, dtype=torch.bool, device=dev)
+        last_reward = torch.zeros(n, device=dev)  # the simulator's previous reward per env (progress mode)
         active = np.ones(n, dtype=bool)
         last_action: np.ndarray | None = None
         steps = 0
@@ -172,6 +180,8 @@ class RolloutCollector:
             if t == T - 1:
                 trunc = trunc | ~term  # the horizon: bootstrap whatever is still running
             succ = _bool(res.info.get("success", False), n)[idx]
+            if self.progress:
+                r, last_reward[ti] = r - last_reward[ti], r
             rewards[t, ti] = r
             terminated[t, ti] = torch.as_tensor(term, device=dev)
             truncated[t, ti] = torch.as_tensor(trunc & ~term, device=dev)

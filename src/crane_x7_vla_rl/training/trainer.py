@@ -129,7 +129,9 @@ class Trainer:
         self.collector = RolloutCollector(self.sim, self.policy, instruction=config.language_instruction,
                                           max_steps=config.rollout.max_steps,
                                           temperature=config.rollout.temperature, device=self.device,
-                                          group_size=self.group_size)
+                                          group_size=self.group_size,
+                                          progress=config.rollout.progress_reward
+                                          and config.rollout.effective_reward_mode != "binary")
         p = config.ppo
         groups: list[dict[str, Any]] = [{"params": self.policy.lora_parameters(), "lr": p.learning_rate}]
         if p.algorithm == "ppo":
