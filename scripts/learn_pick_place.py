@@ -68,7 +68,7 @@ QUICK = Scale(demos=40, preset="small-cpu", sft_steps=400, batch_size=16, lr=3e-
               rl_updates=4, rl_envs=2, rl_rollouts=2, rl_lr=1e-4, max_steps=100, camera="third_person", workers=1)
 # Full scale: the third-person camera sees the arm and the cube at once (a wrist view cannot tell where the arm is,
 # and absolute joint targets need that); the RL update count is a ceiling, a run stops at its time budget.
-FULL = Scale(demos=800, preset="small", sft_steps=7500, batch_size=128, lr=3e-4, eval_episodes=200, eval_envs=25,
+FULL = Scale(demos=800, preset="small", sft_steps=6000, batch_size=128, lr=3e-4, eval_episodes=200, eval_envs=25,
              rl_updates=300, rl_envs=16, rl_rollouts=16, rl_lr=1e-4, max_steps=100, camera="third_person",
              workers=8)  # 16-core host
 
