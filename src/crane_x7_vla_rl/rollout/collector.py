@@ -7,18 +7,15 @@ resumed run replays exactly the same episodes without saving simulator state. An
 the buffer. V(s_{t+1}) comes for free from the next step's forward; only envs still running at the horizon
 need one extra value call for their final observation (truncation bootstrap).
 
-With ``progress=True`` (staged and dense rewards in training) an env is paid the *change* of the simulator's
-per-step reward, r_t - r_{t-1} (r_{-1} = 0): potential-based shaping, so an episode's return is the reward of
-the state it ends in. Paid per step as is, a shaped reward makes lingering in a high stage worth more than the
-success that ends the episode (staged: 0.7 per step over the goal for the rest of the horizon against one 1.0),
-and PPO learns not to let go; with the change, success is the best return and dropping the cube costs reward.
-
-A simulator may give each env its own instruction through ``reset()``'s ``info["instruction"]`` (a sequence
-of N strings); otherwise every env gets the configured instruction.
-
-Multi-frame policies (``policy.history = k > 1``, MiniVLA history2) see the last k observations of their env,
-oldest first, with the reset observation repeated at an episode start (the published rollout). The stacks are
-what the buffer stores ([T, N, k, H, W, 3]), so the update re-evaluates exactly the inputs that were acted on.
+With ``progress_gamma`` set (staged and dense rewards in training), the simulator's per-step reward r_t (the
+stage value of the state the step reached; 1 at success, which ends the episode) is treated as a potential
+Phi and paid as potential-based shaping (Ng, Harada & Russell 1999): gamma * r_t - r_{t-1} (r_{-1} = 0), and
+r_t - r_{t-1} at success, whose terminal potential is 0 with the success reward 1. Such shaping leaves the
+optimal policy that of the binary success reward. Paid per step as is, a shaped reward makes lingering in a
+high stage worth more than the success that ends the episode (0.7 per step over the goal against one 1.0);
+paid as an undiscounted change, it banks the stage reached, so holding a grasped cube (0.3) beats trying to
+lift it while lifts succeed less than 22% of the time (measured: PPO learned to hold). With the discount,
+lingering costs (1 - gamma) * Phi per step and success is the only way to a positive return.
 """
 
 from __future__ import annotations
@@ -97,9 +94,9 @@ def _bool(x: Any, n: int) -> np.ndarray:
 
 class RolloutCollector:
     def __init__(self, sim: Simulator, policy: Policy, *, instruction: str, max_steps: int, temperature: float,
-                 device: torch.device, group_size: int = 1, progress: bool = False) -> None:
+                 device: torch.device, group_size: int = 1, progress_gamma: float | None = None) -> None:
         self.sim = sim
-        self.progress = progress
+        self.progress_gamma = progress_gamma
         self.policy = policy
         self.instruction = instruction
         self.max_steps = max_steps
@@ -143,7 +140,7 @@ class RolloutCollector:
         ep_return = torch.zeros(n, device=dev)
         ep_len = torch.zeros(n, dtype=torch.long, device=dev)
         ep_success = torch.zeros(n, dtype=torch.bool, device=dev)
-        last_reward = torch.zeros(n, device=dev)  # the simulator's previous reward per env (progress mode)
+        last_reward = torch.zeros(n, device=dev)  # the simulator's previous reward per env (the potential)
         active = np.ones(n, dtype=bool)
         last_action: np.ndarray | None = None
         steps = 0
@@ -180,8 +177,9 @@ class RolloutCollector:
             if t == T - 1:
                 trunc = trunc | ~term  # the horizon: bootstrap whatever is still running
             succ = _bool(res.info.get("success", False), n)[idx]
-            if self.progress:
-                r, last_reward[ti] = r - last_reward[ti], r
+            if self.progress_gamma is not None:
+                term_t = torch.as_tensor(term, device=dev)
+                r, last_reward[ti] = torch.where(term_t, r, self.progress_gamma * r) - last_reward[ti], r
             rewards[t, ti] = r
             terminated[t, ti] = torch.as_tensor(term, device=dev)
             truncated[t, ti] = torch.as_tensor(trunc & ~term, device=dev)

@@ -130,8 +130,8 @@ class Trainer:
                                           max_steps=config.rollout.max_steps,
                                           temperature=config.rollout.temperature, device=self.device,
                                           group_size=self.group_size,
-                                          progress=config.rollout.progress_reward
-                                          and config.rollout.effective_reward_mode != "binary")
+                                          progress_gamma=config.ppo.gamma if config.rollout.progress_reward
+                                          and config.rollout.effective_reward_mode != "binary" else None)
         p = config.ppo
         groups: list[dict[str, Any]] = [{"params": self.policy.lora_parameters(), "lr": p.learning_rate}]
         if p.algorithm == "ppo":
@@ -212,6 +212,9 @@ class Trainer:
         size = b_adv.shape[0]
         mb = min(p.minibatch_size, size)
         micro = max(1, math.ceil(mb / p.grad_accumulation_steps))
+        self.policy.train()
+        if p.recompute_log_probs:
+            b_logp = self._learner_log_probs(b_images, b_instr, b_tokens, temp, micro)
         gen = torch.Generator().manual_seed(derived_seed(self.rank_seed, update, 2))
         ddp = self.dist.enabled
         if ddp:
@@ -224,7 +227,6 @@ class Trainer:
                                                          "old_approx_kl", "clipfrac", "grad_norm")}
         first_ratio_dev = float("nan")
         early_stop, epochs_done = False, 0
-        self.policy.train()
         for _epoch in range(p.num_epochs):
             perm = torch.randperm(size, generator=gen)
             chunks = (torch.tensor_split(perm, num_mb) if ddp
@@ -293,6 +295,19 @@ class Trainer:
         out_stats = distributed.reduce_update_stats(self.dist, out_stats)
         out_stats["losses/explained_variance"] = ev_val
         return out_stats
+
+    @torch.no_grad()
+    def _learner_log_probs(self, images: np.ndarray, instructions: list[str], tokens: torch.Tensor,
+                           temperature: float, micro: int) -> torch.Tensor:
+        """Log-probs [B] of the rollout's tokens under the update's own forward (same mode, autocast and
+        micro-batch size), the "old" policy of the PPO ratio in place of the sampler's numbers."""
+        parts = []
+        for m0 in range(0, len(instructions), micro):
+            with self.autocast:
+                ev = self.policy.evaluate_actions(images[m0:m0 + micro], instructions[m0:m0 + micro],
+                                                  tokens[m0:m0 + micro], temperature)
+            parts.append(ev.log_prob.float())
+        return torch.cat(parts)
 
     def episode_metrics(self, batch: RolloutBatch) -> tuple[dict[str, float], int]:
         """Episode metrics of the update and its transition count, over all ranks."""

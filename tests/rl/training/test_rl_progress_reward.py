@@ -1,4 +1,4 @@
-"""Progress rewards: a staged reward paid as its change per step, so an episode's return is where it ends.
+"""Progress rewards: a staged reward paid as potential-based shaping, gamma * r_t - r_{t-1}.
 
 A scripted Lift simulator replays a fixed staged-reward sequence per env (PickPlace's stage values: reach 0.1,
 grasp 0.3, lift 0.5, over the goal 0.7, success 1.0 which ends the episode), acted on by a real tiny VLA
@@ -71,42 +71,50 @@ def policy(rl_tiny_ckpt: Path) -> Any:
     return VLAActorCritic(load_vla(rl_tiny_ckpt), lora_rank=4, lora_alpha=8)
 
 
-def _segment(policy: Any, progress: bool) -> Any:
+def _segment(policy: Any, gamma: float | None) -> Any:
     from crane_x7_vla_rl.rollout.collector import RolloutCollector
 
     sim = StageSimulator(SimulatorConfig(num_envs=3, image_size=(56, 56)))
     collector = RolloutCollector(sim, policy, instruction="pick", max_steps=SCHEDULE.shape[1],
-                                 temperature=1.0, device=torch.device("cpu"), progress=progress)
+                                 temperature=1.0, device=torch.device("cpu"), progress_gamma=gamma)
     return collector.collect(0, torch.Generator().manual_seed(0), lambda s: 0)
 
 
-def test_progress_pays_the_change_and_the_return_is_the_final_stage(policy: Any) -> None:
-    raw, prog = _segment(policy, False), _segment(policy, True)
+def test_progress_pays_discounted_potential_changes(policy: Any) -> None:
+    gamma = 0.9
+    raw, prog, flat = _segment(policy, None), _segment(policy, gamma), _segment(policy, 1.0)
     assert torch.equal(raw.valid, prog.valid)
     valid = prog.valid.T  # [N, T]
     assert valid[0].tolist() == [True] * 5 + [False]  # success ends env 0 after step 5
     for i in range(3):
         paid = raw.rewards.T[i][valid[i]].numpy()
         np.testing.assert_allclose(paid, SCHEDULE[i][: len(paid)])
-        np.testing.assert_allclose(prog.rewards.T[i][valid[i]].numpy(), np.diff(paid, prepend=0.0), atol=1e-6)
-    # Paid per step, hovering over the goal (env 2) out-earns the success of env 0; as progress it cannot,
-    # and losing the cube (env 1) is paid back.
+        previous = np.concatenate([[0.0], paid[:-1]])
+        terminal = paid == 1.0
+        expected = np.where(terminal, paid, gamma * paid) - previous
+        np.testing.assert_allclose(prog.rewards.T[i][valid[i]].numpy(), expected, atol=1e-6)
+    # Paid per step, hovering over the goal (env 2) out-earns the success of env 0.
     assert raw.episode_returns[2] > raw.episode_returns[0]
-    torch.testing.assert_close(prog.episode_returns, torch.tensor([1.0, 0.1, 0.7]))
+    # Undiscounted changes bank the stage an episode ends in (the trap: holding beats a risky attempt) ...
+    torch.testing.assert_close(flat.episode_returns, torch.tensor([1.0, 0.1, 0.7]))
+    # ... discounted ones make every step spent lingering cost reward: hovering is paid (gamma - 1) * 0.7.
+    hover = prog.rewards.T[2][valid[2]]
+    torch.testing.assert_close(hover[-2:], torch.full((2,), (gamma - 1) * 0.7))
+    assert prog.episode_returns[0] > prog.episode_returns[2]
 
 
 def test_trainer_uses_progress_for_staged_rewards_only(rl_tiny_ckpt: Path, tmp_path: Path) -> None:
     from crane_x7_vla_rl.config import validate
     from crane_x7_vla_rl.training.trainer import Trainer
 
-    def collector_progress(**rollout: Any) -> bool:
+    def collector_progress(**rollout: Any) -> float | None:
         cfg = validate({"device": "cpu", "pretrained_checkpoint": str(rl_tiny_ckpt), "output_dir": str(tmp_path),
                         "lora_rank": 4, "lora_alpha": 8, "use_tensorboard": False,
                         "rollout": {"simulator": NAME, "num_parallel_envs": 3, "num_rollouts_per_update": 3,
                                     "max_steps": 6, "image_size": [56, 56], **rollout}})
-        return bool(Trainer(cfg, progress=False).collector.progress)
+        return Trainer(cfg, progress=False).collector.progress_gamma
 
-    assert collector_progress(reward_mode="staged")
-    assert collector_progress(reward_mode="dense")
-    assert not collector_progress(reward_mode="binary")
-    assert not collector_progress(reward_mode="staged", progress_reward=False)
+    assert collector_progress(reward_mode="staged") == 0.99  # ppo.gamma
+    assert collector_progress(reward_mode="dense") == 0.99
+    assert collector_progress(reward_mode="binary") is None
+    assert collector_progress(reward_mode="staged", progress_reward=False) is None

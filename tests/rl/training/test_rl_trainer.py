@@ -107,3 +107,19 @@ def test_make_simulator_spreads_the_envs_over_sim_workers() -> None:
         assert not isinstance(sim, ParallelSimulator)  # 0 or 1: in this process
     finally:
         sim.close()
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_update_rescores_a_sampler_whose_log_probs_differ(rl_tiny_ckpt: Path, tmp_path: Path, recompute: bool) -> None:
+    # A sampler with other numerics than the learner (the CUDA-graph engine over merged bf16 weights) stores
+    # log-probs that are off by a little; here they are shifted by +-0.1 nat. Re-scored, the first ratio is 1.
+    cfg = _config(rl_tiny_ckpt, tmp_path, num_updates=1, ppo={"recompute_log_probs": recompute})
+    trainer = Trainer(cfg, progress=False)
+    batch = trainer.collect(0)
+    shift = 0.1 * (torch.arange(batch.log_probs.numel()).reshape(batch.log_probs.shape) % 2 * 2 - 1)
+    batch.log_probs = batch.log_probs + shift
+    dev = trainer.update_policy(batch, 0)["losses/first_ratio_dev"]
+    if recompute:
+        assert dev < 1e-4
+    else:
+        assert dev > 0.09  # exp(0.1) - 1: the sampler's numbers reach the ratio
