@@ -39,6 +39,18 @@ def test_resize_naive_matches_pil_bicubic_and_normalises() -> None:
     assert torch.allclose(out[:3], torch.from_numpy(ref.transpose(2, 0, 1)), atol=1e-6)
 
 
+def test_a_batch_is_resized_in_parallel_in_order() -> None:
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (30 + i, 50, 3), dtype=np.uint8) for i in range(6)]
+    transform = ImageTransform([TOWER, TOWER])
+    batch = transform.batch(images, "cpu")  # 6 images: the thread pool
+    assert batch.shape == (6, 6, 28, 28)
+    for i, img in enumerate(images):  # row i is image i, bit for bit
+        assert torch.equal(batch[i], transform(img))
+    with pytest.raises(ValueError, match="expected uint8"):  # a bad frame in a batch is still named
+        transform.batch([images[0], images[1].astype(np.float32)], "cpu")
+
+
 def test_letterbox_pads_with_mean_and_resize_crop_keeps_centre() -> None:
     img = np.full((10, 40, 3), 255, np.uint8)
     lb = ImageTransform([TOWER], "letterbox")(img)

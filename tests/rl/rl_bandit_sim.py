@@ -24,8 +24,24 @@ COLOURS = np.array([[220, 30, 30], [30, 30, 220]], dtype=np.uint8)
 MID = (ACTION_LOWER[0] + ACTION_UPPER[0]) / 2
 
 
+class ScriptedSimulator(Simulator):
+    """A test simulator whose whole observation comes from ``_obs()`` (subclasses define it, reset and step)."""
+
+    def _obs(self) -> Observation:
+        raise NotImplementedError
+
+    def get_observation(self) -> Observation:
+        return self._obs()
+
+    def render(self, camera: str = "third_person") -> NDArray[np.uint8]:
+        return self._obs().rgb_image
+
+    def close(self) -> None:
+        pass
+
+
 @register_simulator(NAME)
-class BanditSimulator(Simulator):
+class BanditSimulator(ScriptedSimulator):
     def __init__(self, config: SimulatorConfig) -> None:
         super().__init__(config)
         n = config.num_envs
@@ -55,12 +71,3 @@ class BanditSimulator(Simulator):
         n = self.num_envs
         return StepResult(self._obs(), success.astype(np.float32), np.ones(n, dtype=bool), np.zeros(n, dtype=bool),
                           {"success": success})
-
-    def get_observation(self) -> Observation:
-        return self._obs()
-
-    def render(self, camera: str = "third_person") -> NDArray[np.uint8]:
-        return self._obs().rgb_image
-
-    def close(self) -> None:
-        pass

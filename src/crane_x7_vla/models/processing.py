@@ -11,8 +11,11 @@ attention mask) stay contiguous per sample.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -108,6 +111,13 @@ def _resize(img: Image.Image, size: int, strategy: str, fill: tuple[int, int, in
     return img.resize((size, size), Image.Resampling.BICUBIC)
 
 
+@cache
+def _resize_pool() -> ThreadPoolExecutor:
+    """Threads for the per-image PIL resizes of a batch: PIL releases the GIL while it resamples, so a batch of
+    camera frames (e.g. 8 robots' 640x480 frames, ~3 ms each) is resized in parallel instead of in series."""
+    return ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="vla-resize")
+
+
 class ImageTransform:
     """PIL image -> [3*T, H, W] float32 tensor for T towers."""
 
@@ -133,10 +143,11 @@ class ImageTransform:
         return self.batch([image], torch.device("cpu"))[0]
 
     def batch(self, images: Sequence[ImageLike], device: torch.device | str) -> Tensor:
-        """[B, 3*T, H, W] float32 on ``device``: only uint8 pixels cross the bus, and ``(x/255 - mean)/std`` runs
-        in float32 there (the PIL resize, which defines parity, stays on the CPU; the GPU arithmetic differs from
+        """[B, 3*T, H, W] float32 on ``device``: the images of a batch are resized in parallel threads, only uint8
+        pixels cross the bus, and ``(x/255 - mean)/std`` runs in float32 there (the PIL resize, which defines parity, stays on the CPU; the GPU arithmetic differs from
         the CPU's by at most 3.6e-7 — 1 ulp — measured on an H200)."""
-        per_image = [self.resized(im) for im in images]
+        per_image = (list(_resize_pool().map(self.resized, images)) if len(images) > 1
+                     else [self.resized(im) for im in images])
         return self.normalize([torch.from_numpy(np.stack([r[i] for r in per_image])).to(device)
                                for i in range(len(self.towers))])
 

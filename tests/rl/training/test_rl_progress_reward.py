@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 from numpy.typing import ArrayLike, NDArray
+from rl_bandit_sim import ScriptedSimulator
 
-from crane_x7_vla.lift.interface import Simulator
 from crane_x7_vla.lift.registry import register_simulator
 from crane_x7_vla.lift.types import Observation, SimulatorConfig, StepResult
 
@@ -29,7 +29,7 @@ SCHEDULE = np.array([
 
 
 @register_simulator(NAME)
-class StageSimulator(Simulator):
+class StageSimulator(ScriptedSimulator):
     def __init__(self, config: SimulatorConfig) -> None:
         super().__init__(config)
         self.t = 0
@@ -51,15 +51,6 @@ class StageSimulator(Simulator):
         success = reward == 1.0
         return StepResult(self._obs(), reward.copy(), success, np.zeros(self.num_envs, dtype=bool),
                           {"success": success})
-
-    def get_observation(self) -> Observation:
-        return self._obs()
-
-    def render(self, camera: str = "third_person") -> NDArray[np.uint8]:
-        return self._obs().rgb_image
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
