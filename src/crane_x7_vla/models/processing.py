@@ -144,8 +144,9 @@ class ImageTransform:
 
     def batch(self, images: Sequence[ImageLike], device: torch.device | str) -> Tensor:
         """[B, 3*T, H, W] float32 on ``device``: the images of a batch are resized in parallel threads, only uint8
-        pixels cross the bus, and ``(x/255 - mean)/std`` runs in float32 there (the PIL resize, which defines parity, stays on the CPU; the GPU arithmetic differs from
-        the CPU's by at most 3.6e-7 — 1 ulp — measured on an H200)."""
+        pixels cross the bus, and ``(x/255 - mean)/std`` runs in float32 there (the PIL resize, which defines
+        parity, stays on the CPU; the GPU arithmetic differs from the CPU's by at most 3.6e-7 — 1 ulp — measured
+        on an H200)."""
         per_image = (list(_resize_pool().map(self.resized, images)) if len(images) > 1
                      else [self.resized(im) for im in images])
         return self.normalize([torch.from_numpy(np.stack([r[i] for r in per_image])).to(device)

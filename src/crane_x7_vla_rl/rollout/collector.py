@@ -16,6 +16,13 @@ high stage worth more than the success that ends the episode (0.7 per step over 
 paid as an undiscounted change, it banks the stage reached, so holding a grasped cube (0.3) beats trying to
 lift it while lifts succeed less than 22% of the time (measured: PPO learned to hold). With the discount,
 lingering costs (1 - gamma) * Phi per step and success is the only way to a positive return.
+
+A simulator may give each env its own instruction through ``reset()``'s ``info["instruction"]`` (a sequence
+of N strings); otherwise every env gets the configured instruction.
+
+Multi-frame policies (``policy.history = k > 1``, MiniVLA history2) see the last k observations of their env,
+oldest first, with the reset observation repeated at an episode start (the published rollout). The stacks are
+what the buffer stores ([T, N, k, H, W, 3]), so the update re-evaluates exactly the inputs that were acted on.
 """
 
 from __future__ import annotations
