@@ -10,7 +10,7 @@ Usage::
 Steps (each skips work already done, and each invocation of a sub-command is limited to ``--step-seconds``,
 about 10 minutes, after which it is stopped at a checkpoint; run the same command again to continue):
 
-    data      scripted expert on MuJoCo, wrist images recorded    -> WORK/demos
+    data      scripted expert on MuJoCo, camera images recorded   -> WORK/demos
     sft       crane-x7-vla sft --init-small (resumable)           -> WORK/sft/checkpoint_latest
     eval-sft  >= 100 fixed-seed greedy episodes (Wilson 95% CI)   -> WORK/eval_sft.json (+ videos)
     rl        PPO from the SFT checkpoint (staged reward)         -> WORK/rl/pick_place_rl/checkpoint_latest
