@@ -59,6 +59,8 @@ def test_service_interface_and_batch_limit(tiny_model: OpenVLA, images: list[np.
     inputs = batched.prepare_inputs(images, INSTRUCTIONS)  # one caller's 3 rows -> batches of at most 2
     np.testing.assert_allclose(batched.predict_from_inputs(inputs), tiny_model.predict_action(images, INSTRUCTIONS),
                                atol=1e-6)
+    with pytest.raises(ValueError, match="unnorm_key"):  # one shared call has one key: the batcher's
+        batched.predict_from_inputs(inputs, unnorm_key="another_dataset")
     assert batched.action_dim == tiny_model.action_dim  # other attributes are the model's
     assert not hasattr(batched, "predict_action_chunk")  # a chunk call would bypass the batch
     batched.close()

@@ -79,9 +79,9 @@ class BatchedPolicy:
         self.unnorm_key = unnorm_key
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._done: collections.deque[BatchedPrediction] = collections.deque(maxlen=history)
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="vla-batcher", daemon=True)
         self._thread.start()
-        self._closed = False
 
     def __getattr__(self, name: str) -> Any:  # model_io and the service read the wrapped model's attributes
         if name in _NOT_FORWARDED or name.startswith("_") or name == "policy":  # "policy": not set yet
@@ -94,6 +94,10 @@ class BatchedPolicy:
 
     def predict_from_inputs(self, inputs: ModelInputs, unnorm_key: str | None = None) -> np.ndarray:
         """(B, action_dim) for one caller's prepared rows, computed in a shared batch."""
+        if unnorm_key is not None and unnorm_key != self.unnorm_key:
+            # Rows of one shared call are unnormalised with one key: it is the batcher's, not the caller's.
+            raise ValueError(f"this batcher unnormalises with unnorm_key={self.unnorm_key!r}, got {unnorm_key!r}; "
+                             "pass the key to BatchedPolicy(..., unnorm_key=...)")
         rows = [self.submit(ModelInputs(inputs.pixel_values[i : i + 1], inputs.input_ids[i : i + 1],
                                         inputs.attention_mask[i : i + 1])) for i in range(inputs.batch_size)]
         return np.stack([f.result().action for f in rows])
