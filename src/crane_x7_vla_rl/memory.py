@@ -358,13 +358,12 @@ def _transients(c: MemoryConfig) -> int:
 
 
 def _rollout_phase(c: MemoryConfig) -> int:
+    if c.rollout_engine:  # only the value bootstrap (one prefill, no cache) runs outside the engine
+        return _transients(c)
     m, n = c.model, c.num_parallel_envs
     ctx = m.num_patches + c.prompt_tokens + c.action_dim
     kv_cache = n * m.num_layers * 2 * m.kv_dim * ctx * c.act_bytes
-    # DynamicCache grows by torch.cat: one layer's cache is briefly held twice. With the engine only the value
-    # bootstrap (one prefill, no cache) runs here.
-    if c.rollout_engine:
-        return _transients(c)
+    # DynamicCache grows by torch.cat: one layer's cache is briefly held twice.
     return kv_cache + kv_cache // m.num_layers + _transients(c)
 
 
