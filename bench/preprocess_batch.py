@@ -13,24 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from crane_x7_vla.models.config import DINO_MEAN, DINO_STD, SIGLIP_MEAN, SIGLIP_STD, ViTConfig
 from crane_x7_vla.models.processing import ImageTransform
+from inference_overhead import time_it  # type: ignore[import-not-found]
 
 
-def timed_ms(fn: object, repeats: int) -> float:
-    assert callable(fn)
-    fn()  # warm up (thread pool start, allocator)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+def timed_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median milliseconds of ``repeats`` calls after one warm-up call (thread pool start, allocator)."""
+    fn()
+    return time_it(fn, repeats)["p50"]
 
 
 def main() -> None:

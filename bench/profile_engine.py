@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from crane_x7_vla.models.engine import OpenVLAEngine
-from openvla_latency import INSTRUCTION, build_model  # type: ignore[import-not-found]
+from openvla_latency import INSTRUCTION, _sync, build_model  # type: ignore[import-not-found]
 
 PHASES = ("engine.vision", "engine.prefill", "engine.decode")
 
@@ -34,11 +34,6 @@ def kernel_kind(name: str) -> str:
     if any(k in n for k in ("gemm", "gemv", "cutlass", "xmma", "nvjet", "cublas", "splitk")):
         return "matmul"
     return "other"
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def replay_ms(engine: OpenVLAEngine, inputs: Any, dim: int, iters: int) -> float:
