@@ -51,6 +51,7 @@ from crane_x7_vla_rl.memory import GIB, MemoryConfig, ModelDims, estimate
 from crane_x7_vla_rl.policy import VLAActorCritic
 from crane_x7_vla_rl.rollout.buffer import RolloutBatch
 from crane_x7_vla_rl.rollout.collector import RolloutCollector
+from crane_x7_vla_rl.training.trainer import acts_through_engine
 
 INSTRUCTION = "pick up the object and place it"
 ACTION_DIM = 8
@@ -313,7 +314,7 @@ def main() -> None:
     vla = build_vla(args.model, device, dtype)
     policy = VLAActorCritic(vla, lora_rank=args.lora_rank, lora_alpha=16, value_head_hidden=512,
                             gradient_checkpointing=args.activation_checkpointing)
-    use_engine = args.engine == "on" or (args.engine == "auto" and cuda)
+    use_engine = acts_through_engine(args.engine, device, vla)
     if use_engine:
         policy.enable_engine(args.num_envs)  # graph captured by the warm-up act below
     build_s = time.perf_counter() - t0

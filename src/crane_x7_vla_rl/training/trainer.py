@@ -58,7 +58,6 @@ def build_policy(config: TrainConfig, device: torch.device, *, acting: bool = Tr
 
     With ``acting`` the policy acts through the static-cache engine where ``rollout.engine`` allows it."""
     from crane_x7_vla.models.loading import load_vla
-    from crane_x7_vla.models.openvla import OpenVLA
 
     # bf16 weights on GPU (7B fits), fp32 on CPU (exact resume, and CPU bf16 matmuls are slow).
     dtype = torch.bfloat16 if device.type == "cuda" and config.bf16 else torch.float32
@@ -67,10 +66,16 @@ def build_policy(config: TrainConfig, device: torch.device, *, acting: bool = Tr
     policy = VLAActorCritic(vla, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
                             lora_dropout=config.lora_dropout, value_head_hidden=config.value_head_hidden,
                             base_source=_absolute_if_local(config.checkpoint_source))
-    mode = config.rollout.engine
-    if acting and (mode == "on" or (mode == "auto" and device.type == "cuda" and isinstance(vla, OpenVLA))):
+    if acting and acts_through_engine(config.rollout.engine, device, vla):
         policy.enable_engine(config.rollout.num_parallel_envs)  # "on" with MiniVLA: a ValueError naming the key
     return policy
+
+
+def acts_through_engine(mode: str, device: torch.device, vla: Any) -> bool:
+    """``rollout.engine`` resolved: "on", or "auto" for an OpenVLA on CUDA."""
+    from crane_x7_vla.models.openvla import OpenVLA
+
+    return mode == "on" or (mode == "auto" and device.type == "cuda" and isinstance(vla, OpenVLA))
 
 
 def _absolute_if_local(source: str) -> str:
