@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from crane_x7_vla.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,8 +72,8 @@ QUICK = Scale(demos=40, preset="small-cpu", sft_steps=400, batch_size=16, lr=3e-
               rl_updates=4, rl_envs=2, rl_rollouts=2, rl_lr=1e-4, max_steps=100, camera="third_person", workers=1)
 # Full scale: the third-person camera sees the arm and the cube at once (a wrist view cannot tell where the arm is,
 # and absolute joint targets need that); the RL update count is a ceiling, a run stops at its time budget.
-FULL = Scale(demos=800, preset="small", sft_steps=6000, batch_size=128, lr=3e-4, eval_episodes=200, eval_envs=25,
-             rl_updates=300, rl_envs=16, rl_rollouts=16, rl_lr=1e-4, max_steps=100, camera="third_person",
+FULL = Scale(demos=800, preset="small", sft_steps=6000, batch_size=128, lr=3e-4, eval_episodes=500, eval_envs=25,
+             rl_updates=300, rl_envs=32, rl_rollouts=32, rl_lr=1e-4, max_steps=100, camera="third_person",
              workers=8)  # 16-core host
 
 
@@ -139,12 +141,18 @@ class Workflow:
 
     def _evaluate(self, name: str, checkpoint: Path) -> None:
         target = self.work / f"{name}.json"
+        progress = checkpoint_progress(checkpoint)
         if target.is_file():
-            print(f"{name}: done ({target})")
-            return
+            scored = json.loads(target.read_text()).get("checkpoint_progress")
+            if scored == progress:
+                print(f"{name}: done ({target})")
+                return
+            # e.g. `rl` ran on after the last `eval-rl`: the old result describes an earlier policy
+            print(f"{name}: {target} scored the checkpoint at {scored}, it is now at {progress}: evaluating again")
         out = run(self._evaluate_cmd(checkpoint, self.scale.eval_episodes, EVAL_SEED, self.scale.eval_envs),
                   self.step_seconds, self.logs / f"{name}.log")
         out["checkpoint"] = str(checkpoint)
+        out["checkpoint_progress"] = progress
         out["videos"] = self._videos(name, checkpoint, out.get("episodes", []))
         write_json_atomic(target, out)
         print(f"{name}: success {out['successes']}/{out['num_episodes']} = {out['success_rate']:.3f} "
@@ -214,8 +222,6 @@ class Workflow:
         assets.mkdir(parents=True, exist_ok=True)
         plot = assets / "success_vs_update.png"
         metrics = self.work / "rl" / RL_NAME / "metrics.jsonl"
-        sft_rate = rows[0][1]["success_rate"]
-        plot_success(metrics, sft_rate, plot)
         copied = []
         for label, r in rows:
             for outcome, src in r.get("videos", {}).items():
@@ -226,6 +232,8 @@ class Workflow:
         sft_state = json.loads((self.work / "sft" / "checkpoint_latest" / "sft_state.json").read_text())
         updates = max((json.loads(line).get("update", 0) for line in metrics.read_text().splitlines() if line.strip()),
                       default=0) if metrics.is_file() else 0
+        plot_success(metrics, [(label, int(r.get("checkpoint_progress") or 0) if "PPO" in label else 0, r)
+                               for label, r in rows], plot)
         table = [f"Scale: `{json.dumps(asdict(self.scale))}`, device `{self.device}`, SFT steps "
                  f"{sft_state['step']}, PPO updates done {updates}, measured {time.strftime('%Y-%m-%d')}.", "",
                  "Greedy evaluation, binary success; the stage columns say how far episodes got (any step).", "",
@@ -242,6 +250,15 @@ class Workflow:
         print(f"report: wrote {self.docs / 'results.md'} and {plot}")
 
 
+def checkpoint_progress(checkpoint: Path) -> int | None:
+    """How far the run behind a checkpoint had got: the PPO update of an RL checkpoint, the step of an SFT one."""
+    for name, key in (("trainer_state.json", "update"), ("sft_state.json", "step")):
+        if (checkpoint / name).is_file():
+            value = json.loads((checkpoint / name).read_text()).get(key)
+            return int(value) if value is not None else None
+    return None
+
+
 def rl_yaml(s: Scale, device: str) -> str:
     cfg = {
         "device": device, "num_updates": s.rl_updates, "log_interval": 1, "eval_interval": max(1, s.rl_updates // 4),
@@ -249,28 +266,42 @@ def rl_yaml(s: Scale, device: str) -> str:
         "rollout": {"simulator": "mujoco", "backend": "cpu", "num_parallel_envs": s.rl_envs,
                     "num_rollouts_per_update": s.rl_rollouts, "max_steps": s.max_steps, "reward_mode": "staged",
                     "camera": s.camera, "sim_workers": s.workers, "engine": s.engine},
-        "ppo": {"learning_rate": s.rl_lr, "minibatch_size": 64},
+        # target_kl bounds the KL of the whole 7-token action (a sum over tokens): the default 0.02 stopped every
+        # update of the recorded session-5 run within its first epoch, so most of each rollout went unused.
+        "ppo": {"learning_rate": s.rl_lr, "minibatch_size": max(64, s.rl_rollouts * 4), "num_epochs": 2,
+                "target_kl": 0.05},
     }
     return json.dumps(cfg, indent=2) + "\n"  # JSON is valid YAML
 
 
-def plot_success(metrics: Path, sft_rate: float, out: Path) -> None:
+def plot_success(metrics: Path, evals: list[tuple[str, int, dict[str, Any]]], out: Path) -> None:
+    """Rollout success per PPO update (and its 10-update mean) with the greedy evaluations ``(label, update,
+    result)`` drawn as points with their Wilson 95% intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.axhline(sft_rate, color="gray", linestyle="--", label="SFT (eval)")
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
     train = [(r["update"], r["charts/success_rate"]) for r in rows if "charts/success_rate" in r and "update" in r]
-    evals = [(r["update"], r["eval/success_rate"]) for r in rows if "eval/success_rate" in r and "update" in r]
     if train:
-        ax.plot(*zip(*train, strict=True), marker=".", label="PPO rollouts")
-    if evals:
-        ax.plot(*zip(*evals, strict=True), marker="o", label="PPO eval (greedy)")
+        ax.plot(*zip(*train, strict=True), marker=".", color="tab:blue", alpha=0.35, label="PPO rollouts (sampled)")
+        window = 10
+        rates = np.array([v for _, v in train])
+        if len(rates) >= window:
+            mean = np.convolve(rates, np.ones(window) / window, mode="valid")
+            ax.plot([u for u, _ in train][window - 1:], mean, color="tab:blue", label=f"rollouts, {window}-update mean")
+    in_training = [(r["update"], r["eval/success_rate"]) for r in rows if "eval/success_rate" in r and "update" in r]
+    if in_training:
+        ax.plot(*zip(*in_training, strict=True), "o", color="tab:green", label="PPO eval in training (greedy)")
+    for (label, update, r), color in zip(evals, ("tab:gray", "tab:red"), strict=False):
+        rate = r["success_rate"]
+        err = [[rate - r["ci95_low"]], [r["ci95_high"] - rate]]
+        ax.errorbar([update], [rate], yerr=err, fmt="s", color=color, capsize=4,
+                    label=f"{label}: {r['successes']}/{r['num_episodes']} (95% CI)")
     ax.set(xlabel="PPO update", ylabel="success rate", ylim=(-0.02, 1.02), title="PickPlace-CRANE-X7 (MuJoCo)")
-    ax.legend(loc="best")
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)

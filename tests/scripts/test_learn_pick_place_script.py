@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import threading
 from pathlib import Path
@@ -58,3 +59,41 @@ def test_on_cpu_the_steps_run_in_order(script: ModuleType, tmp_path: Path) -> No
     rl_started.set()  # in series eval-sft comes first; let it pass
     assert script.main(["eval-sft", "rl", "--work", str(tmp_path), "--device", "cpu", "--quick"]) == 0
     assert order == ["eval-sft", "rl"]
+
+
+def _fake_eval(script: ModuleType, calls: list[list[str]]) -> None:
+    def run(cmd: list[str], timeout: float, log_path: Path) -> dict[str, object]:
+        calls.append(cmd)
+        return {"successes": 1, "num_episodes": 2, "success_rate": 0.5, "ci95_low": 0.1, "ci95_high": 0.9,
+                "episodes": []}
+
+    script.run = run
+
+
+def test_an_evaluation_is_redone_once_its_checkpoint_has_moved_on(script: ModuleType, tmp_path: Path) -> None:
+    latest = tmp_path / "rl" / script.RL_NAME / "checkpoint_latest"
+    latest.mkdir(parents=True)
+    (latest / "trainer_state.json").write_text('{"update": 40}')
+    calls: list[list[str]] = []
+    _fake_eval(script, calls)
+    flow = script.Workflow(tmp_path, script.QUICK, "cpu", 60.0, tmp_path / "docs")
+    flow.eval_rl()
+    assert len(calls) == 1
+    assert json.loads((tmp_path / "eval_rl.json").read_text())["checkpoint_progress"] == 40
+    flow.eval_rl()  # same checkpoint: done
+    assert len(calls) == 1
+    (latest / "trainer_state.json").write_text('{"update": 73}')  # `rl` ran on
+    flow.eval_rl()
+    assert len(calls) == 2
+    assert json.loads((tmp_path / "eval_rl.json").read_text())["checkpoint_progress"] == 73
+
+
+def test_the_plot_shows_rollouts_and_both_evaluations(script: ModuleType, tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"update": u, "charts/success_rate": (u % 4) / 8}) + "\n"
+                               for u in range(1, 31)))
+    result = {"success_rate": 0.1, "ci95_low": 0.05, "ci95_high": 0.2, "successes": 10, "num_episodes": 100}
+    out = tmp_path / "plot.png"
+    script.plot_success(metrics, [("SFT", 0, result), ("SFT + PPO", 30, {**result, "success_rate": 0.15})], out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically
