@@ -36,6 +36,17 @@ def kernel_kind(name: str) -> str:
     return "other"
 
 
+def cuda_ms_by_kind(events: Any) -> dict[str, float]:
+    """Kernel time (ms) of profiler ``key_averages()`` by kind. Only the CUDA events themselves count: a CPU op's
+    device time is its kernels' time again."""
+    kinds: dict[str, float] = {}
+    for e in events:
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0:
+            k = kernel_kind(e.key)
+            kinds[k] = kinds.get(k, 0.0) + e.self_device_time_total / 1e3
+    return kinds
+
+
 def replay_ms(engine: OpenVLAEngine, inputs: Any, dim: int, iters: int) -> float:
     engine.generate(inputs, dim)  # capture
     _sync()
@@ -56,11 +67,7 @@ def profile_batch(model: Any, inputs: Any, batch: int, tables: Path | None) -> d
         eng.generate(inputs, model.action_dim)
         _sync()
     events = prof.key_averages()
-    kinds: dict[str, float] = {}
-    for e in events:
-        if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0:
-            k = kernel_kind(e.key)
-            kinds[k] = kinds.get(k, 0.0) + e.self_device_time_total / 1e3
+    kinds = cuda_ms_by_kind(events)
     phases: dict[str, float] = {}
     for e in events:  # a range shows up as a CPU and as a GPU annotation event: keep the larger GPU time
         if e.key in PHASES:

@@ -97,6 +97,35 @@ def test_right_padded_training_logits_equal_runtime_inference(rl_tiny_ckpt: Path
         torch.testing.assert_close(lp, runtime.log_probs[row], atol=1e-4, rtol=1e-4)
 
 
+def test_sft_loss_is_hf_token_mean_cross_entropy_over_all_positions(rl_tiny_ckpt: Path, demos: Path) -> None:
+    """The loss on labelled positions only equals HF's shifted CrossEntropyLoss(ignore_index=-100) over the full
+    sequence and vocabulary, with CPU labels and a padded batch; the accuracy counts action tokens only."""
+    model = load_vla(rl_tiny_ckpt)
+    frames = DemoFrames.load(demos)
+    tok = model.tokenizer
+    prompts = [prompt_token_ids(tok, build_prompt(t), underline_token_id(tok)) for t in (INSTRUCTION, "put it down")]
+    actions = [[31744 + 7 * i + j for j in range(8)] for i in range(2)]
+    ids, mask, labels = right_pad([build_example(p, a, 2) for p, a in zip(prompts, actions, strict=True)], 32000)
+    pixel_values = torch.stack([model.image_transform(frames.images[i]) for i in (0, 40)])
+    with torch.no_grad():
+        out = sft_trainer.sft_loss(model, pixel_values, ids, mask, labels)
+        hidden = forward_hidden(model, pixel_values, ids, mask)
+        full = sft_trainer.multimodal_labels(labels, hidden.shape[1] - labels.shape[1])
+        logits = model.language_model.lm_head(hidden).float()  # [B,T,V]
+        ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), full[:, 1:].reshape(-1),
+                                                ignore_index=IGNORE_INDEX)
+        target = full[:, 1:]
+        keep = target >= model.action_tokenizer.first_token_id
+        hits = int(((logits[:, :-1].argmax(-1) == target) & keep).sum())
+    torch.testing.assert_close(out.loss, ref, atol=1e-5, rtol=1e-5)
+    assert out.num_tokens == 2 * 9 and out.num_action_tokens == int(keep.sum()) == 16
+    assert out.action_accuracy == pytest.approx(hits / 16)
+    bad = mask.clone()
+    bad[0, 0] = 0
+    with pytest.raises(ValueError, match="right-padded"):
+        sft_trainer.sft_loss(model, pixel_values, ids, bad, labels)
+
+
 def test_full_sft_lowers_loss_and_writes_loadable_checkpoint(rl_tiny_ckpt: Path, demos: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     summary = train(_cfg(demos, out, rl_tiny_ckpt, steps=12, batch_size=4, lr=3e-3))

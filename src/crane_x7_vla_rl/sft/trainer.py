@@ -154,13 +154,23 @@ def count_parameters(model: nn.Module) -> int:
 class LossOutput:
     loss: Tensor  # scalar, token-mean CE over labelled positions
     num_tokens: int  # labelled tokens in the batch (actions + EOS)
-    action_accuracy: float  # fraction of action tokens whose argmax (full vocabulary) is the label
+    action_hits: Tensor  # scalar on the model's device: action tokens whose argmax (full vocabulary) is the label
+    num_action_tokens: int
+
+    @property
+    def action_accuracy(self) -> float:
+        """Fraction of action tokens predicted right (reads ``action_hits``: a host-device sync on CUDA)."""
+        return float(self.action_hits) / max(self.num_action_tokens, 1)
 
 
 def forward_hidden(model: OpenVLA, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """Right-padded batch -> last-layer hidden states [B, 1+P+L-1, H] laid out as [BOS, patches, rest]."""
     if not bool((attention_mask[:, 0] == 1).all()):
         raise ValueError("training batches are right-padded: every row must start with BOS (attention_mask[:, 0] == 1)")
+    return _forward_hidden(model, pixel_values, input_ids, attention_mask)
+
+
+def _forward_hidden(model: OpenVLA, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     patches = model.projector(model.vision_backbone(pixel_values.to(model.dtype)))  # [B,P,H]
     text = model.language_model.model.embed_tokens(input_ids)  # [B,L,H]
     b, p = patches.shape[0], patches.shape[1]
@@ -177,22 +187,29 @@ def multimodal_labels(labels: Tensor, num_patches: int) -> Tensor:
 
 
 def sft_loss(model: OpenVLA, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> LossOutput:
-    hidden = forward_hidden(model, pixel_values, input_ids, attention_mask)  # [B,T,H]
-    full_labels = multimodal_labels(labels, hidden.shape[1] - labels.shape[1])  # [B,T]
-    # HF shift: position t predicts label t+1.
-    target = full_labels[:, 1:]  # [B,T-1]
-    keep = target != IGNORE_INDEX  # [B,T-1]
-    if not bool(keep.any()):
+    """The published loss of one right-padded batch. ``input_ids``, ``attention_mask`` and ``labels`` may be on the
+    CPU (as :func:`right_pad` builds them): they are checked and the labelled positions found there, so on a GPU
+    the step never waits for the device (a boolean-mask index or ``.item()`` would stall the host each step)."""
+    device = pixel_values.device
+    if not bool((attention_mask[:, 0] == 1).all()):
+        raise ValueError("training batches are right-padded: every row must start with BOS (attention_mask[:, 0] == 1)")
+    num_patches = model.config.vision_towers[0].num_patches
+    target = multimodal_labels(labels.cpu(), num_patches)[:, 1:]  # [B,T-1]: HF shift, position t predicts t+1
+    rows, cols = (target != IGNORE_INDEX).nonzero(as_tuple=True)  # [K] each, on the CPU
+    if rows.numel() == 0:
         raise ValueError("the batch has no labelled tokens (every label is -100)")
-    logits = model.language_model.lm_head(hidden[:, :-1][keep]).float()  # [K, V], K labelled positions only
-    gold = target[keep]  # [K]
+    gold_cpu = target[rows, cols]  # [K]
+    is_action_cpu = gold_cpu >= model.action_tokenizer.first_token_id
+    hidden = _forward_hidden(model, pixel_values, input_ids.to(device, non_blocking=True),
+                             attention_mask.to(device, non_blocking=True))  # [B,T,H]
+    if hidden.shape[1] - 1 != target.shape[1]:
+        raise ValueError(f"the model produced {hidden.shape[1]} positions, the labels expect {target.shape[1] + 1}")
+    logits = model.language_model.lm_head(hidden[rows.to(device), cols.to(device)]).float()  # [K, V]
+    gold = gold_cpu.to(device, non_blocking=True)
     loss = F.cross_entropy(logits, gold)
     with torch.no_grad():
-        first = model.action_tokenizer.first_token_id
-        is_action = gold >= first
-        hits = (logits.argmax(-1) == gold) & is_action
-        acc = float(hits.sum()) / max(int(is_action.sum()), 1)
-    return LossOutput(loss, int(keep.sum()), acc)
+        hits = ((logits.argmax(-1) == gold) & is_action_cpu.to(device, non_blocking=True)).sum()
+    return LossOutput(loss, int(rows.numel()), hits, int(is_action_cpu.sum()))
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -392,7 +409,8 @@ def train(cfg: SFTConfig, resume: bool = False, progress: Callable[[dict[str, An
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, stats, device, resume_dir)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel per step for all parameters on CUDA (the foreach default launches several per group)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, cfg))
     step = 0
     if resume_dir is not None:
@@ -422,7 +440,9 @@ def train(cfg: SFTConfig, resume: bool = False, progress: Callable[[dict[str, An
     n_train = sum(p.numel() for p in params)
     log.info("sft: %d frames from %d episodes, %s model (%d params, %d trainable), step %d -> %d on %s",
              len(frames), frames.num_episodes, cfg.init_small or cfg.base, n_params, n_train, step, cfg.steps, device)
-    window: list[float] = []
+    # The loss and grad norm stay on the device between log steps (reading them each step would make the host
+    # wait for the GPU before it can queue the next step's kernels).
+    window: list[Tensor] = []
     last_loss = math.nan
     t_window = time.perf_counter()
     stopped_early = False
@@ -433,19 +453,20 @@ def train(cfg: SFTConfig, resume: bool = False, progress: Callable[[dict[str, An
         input_ids, attention_mask, labels = right_pad(
             [build_example(prompts[frames.instructions[i]], tokens[i].tolist(), eos) for i in idx], model.config.pad_token_id)
         with autocast:
-            out = sft_loss(model, pixel_values, input_ids.to(device), attention_mask.to(device), labels.to(device))
+            out = sft_loss(model, pixel_values, input_ids, attention_mask, labels)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         step += 1
-        last_loss = float(out.loss.detach())
-        window.append(last_loss)
+        window.append(out.loss.detach())
         if step % cfg.log_every == 0 or step == cfg.steps:
+            losses = torch.stack(window).float().cpu()
+            last_loss = float(losses[-1])
             now = time.perf_counter()
-            row = {"step": step, "loss": float(np.mean(window)), "action_accuracy": out.action_accuracy,
-                   "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
+            row = {"step": step, "loss": float(losses.mean()), "action_accuracy": out.action_accuracy,
+                   "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
                    "samples_per_s": len(window) * cfg.batch_size / max(now - t_window, 1e-9),
                    "elapsed_s": now - started}
             metrics.append(row)
@@ -461,6 +482,8 @@ def train(cfg: SFTConfig, resume: bool = False, progress: Callable[[dict[str, An
         if out_of_time and step < cfg.steps:
             stopped_early = True
             break
+    if window:  # stopped between log steps
+        last_loss = float(window[-1])
     if step >= cfg.steps and not (out_dir / LATEST / STATE_PT).is_file():
         save_checkpoint(model, out_dir, step, cfg, optimizer, scheduler)  # e.g. resumed at an already-done step
     return {"checkpoint": str(out_dir / LATEST), "step": step, "steps": cfg.steps, "done": not stopped_early,
