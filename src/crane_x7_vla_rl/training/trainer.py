@@ -231,11 +231,14 @@ class Trainer:
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl",
                                                          "old_approx_kl", "clipfrac", "grad_norm")}
         first_ratio_dev = float("nan")
-        early_stop, epochs_done = False, 0
+        # epochs_done counts passes over the data in optimizer steps (2.5 = two passes and half of a third): a KL
+        # stop inside the first epoch shows as a fraction, i.e. part of the rollout was never trained on.
+        early_stop, steps_taken, chunks_per_epoch = False, 0, 1
         for _epoch in range(p.num_epochs):
             perm = torch.randperm(size, generator=gen)
             chunks = (torch.tensor_split(perm, num_mb) if ddp
                       else [perm[start:start + mb] for start in range(0, size, mb)])
+            chunks_per_epoch = len(chunks)
             for mb_idx in chunks:
                 self.optimizer.zero_grad(set_to_none=True)
                 kls: list[float] = []
@@ -283,7 +286,7 @@ class Trainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
                 stats["grad_norm"].append(float(grad_norm))
                 self.optimizer.step()
-            epochs_done += 1
+                steps_taken += 1
             if early_stop:
                 break
         self.scheduler.step()
@@ -295,7 +298,8 @@ class Trainer:
                 [size, float(y.sum()), float((y * y).sum()), float(diff.sum()), float((diff * diff).sum())]))
         out_stats = {f"losses/{k}": (float(np.mean(v)) if v else float("nan")) for k, v in stats.items()}
         out_stats.update({"losses/first_ratio_dev": first_ratio_dev,
-                          "charts/epochs_done": float(epochs_done), "charts/early_stop": float(early_stop),
+                          "charts/epochs_done": steps_taken / chunks_per_epoch, "charts/early_stop": float(early_stop),
+                          "charts/optimizer_steps": float(steps_taken),
                           "charts/num_transitions": float(size)})
         out_stats = distributed.reduce_update_stats(self.dist, out_stats)
         out_stats["losses/explained_variance"] = ev_val

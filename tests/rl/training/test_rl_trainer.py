@@ -123,3 +123,18 @@ def test_update_rescores_a_sampler_whose_log_probs_differ(rl_tiny_ckpt: Path, tm
         assert dev < 1e-4
     else:
         assert dev > 0.09  # exp(0.1) - 1: the sampler's numbers reach the ratio
+
+
+@pytest.mark.parametrize(("target_kl", "epochs", "steps"), [(None, 2.0, 4.0), (1e-12, 0.5, 1.0)])
+def test_epochs_done_counts_the_optimizer_steps_a_kl_stop_left(rl_tiny_ckpt: Path, tmp_path: Path,
+                                                               target_kl: float | None, epochs: float,
+                                                               steps: float) -> None:
+    # 16 transitions in minibatches of 8, 2 epochs: 4 steps. With a KL limit no step can meet, the first minibatch
+    # (ratio exactly 1, KL 0) steps, the second one stops the update half-way through the first epoch.
+    cfg = _config(rl_tiny_ckpt, tmp_path, num_updates=1, ppo={"target_kl": target_kl})
+    trainer = Trainer(cfg, progress=False)
+    stats = trainer.update_policy(trainer.collect(0), 0)
+    assert stats["charts/num_transitions"] == 16
+    assert stats["charts/epochs_done"] == epochs
+    assert stats["charts/optimizer_steps"] == steps
+    assert stats["charts/early_stop"] == float(target_kl is not None)
