@@ -266,7 +266,7 @@ def rl_yaml(s: Scale, device: str) -> str:
         "rollout": {"simulator": "mujoco", "backend": "cpu", "num_parallel_envs": s.rl_envs,
                     "num_rollouts_per_update": s.rl_rollouts, "max_steps": s.max_steps, "reward_mode": "staged",
                     "camera": s.camera, "sim_workers": s.workers, "engine": s.engine},
-        # target_kl bounds the KL of the whole 7-token action (a sum over tokens): the default 0.02 stopped every
+        # target_kl bounds the KL of the whole 8-token action (a sum over tokens): the default 0.02 stopped every
         # update of the recorded session-5 run within its first epoch, so most of each rollout went unused.
         "ppo": {"learning_rate": s.rl_lr, "minibatch_size": max(64, s.rl_rollouts * 4), "num_epochs": 2,
                 "target_kl": 0.05},
