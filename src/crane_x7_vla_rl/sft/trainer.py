@@ -165,9 +165,13 @@ class LossOutput:
 
 def forward_hidden(model: OpenVLA, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """Right-padded batch -> last-layer hidden states [B, 1+P+L-1, H] laid out as [BOS, patches, rest]."""
+    _check_right_padded(attention_mask)
+    return _forward_hidden(model, pixel_values, input_ids, attention_mask)
+
+
+def _check_right_padded(attention_mask: Tensor) -> None:
     if not bool((attention_mask[:, 0] == 1).all()):
         raise ValueError("training batches are right-padded: every row must start with BOS (attention_mask[:, 0] == 1)")
-    return _forward_hidden(model, pixel_values, input_ids, attention_mask)
 
 
 def _forward_hidden(model: OpenVLA, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -191,8 +195,7 @@ def sft_loss(model: OpenVLA, pixel_values: Tensor, input_ids: Tensor, attention_
     CPU (as :func:`right_pad` builds them): they are checked and the labelled positions found there, so on a GPU
     the step never waits for the device (a boolean-mask index or ``.item()`` would stall the host each step)."""
     device = pixel_values.device
-    if not bool((attention_mask[:, 0] == 1).all()):
-        raise ValueError("training batches are right-padded: every row must start with BOS (attention_mask[:, 0] == 1)")
+    _check_right_padded(attention_mask)
     num_patches = model.config.vision_towers[0].num_patches
     target = multimodal_labels(labels.cpu(), num_patches)[:, 1:]  # [B,T-1]: HF shift, position t predicts t+1
     rows, cols = (target != IGNORE_INDEX).nonzero(as_tuple=True)  # [K] each, on the CPU
