@@ -1,7 +1,7 @@
 """SFT training speed of the small OpenVLA-family model: steps/s of the real ``crane-x7-vla sft`` loop, and how
 much of a step the GPU is actually busy.
 
-    PYTHONPATH=src:bench python bench/sft_throughput.py [--preset small] [--batch-size 128] [--steps 120]
+    PYTHONPATH=src:bench python bench/sft_throughput.py [--preset small] [--batch-size 128] [--steps 120] [--compile]
 
 Writes a synthetic demo dataset (smooth random images, random joint targets) in the published format, runs
 :func:`crane_x7_vla_rl.sft.trainer.train` on it and reads the loop's own ``samples_per_s`` after the first
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     write_demos(work / "demos", args.episodes, 60, SMALL_PRESETS[args.preset].image_size)
     cfg = SFTConfig(demos=str(work / "demos"), output=str(work / "run"), init_small=args.preset,
                     steps=args.steps, batch_size=args.batch_size, warmup_steps=10, log_every=args.log_every,
-                    save_every=10**9, device=args.device)
+                    save_every=10**9, device=args.device, compile=args.compile)
     t0 = time.perf_counter()
     summary = train(cfg)
     rows = [json.loads(line) for line in (work / "run" / METRICS).read_text().splitlines() if line.strip()]
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu",
         "preset": args.preset, "parameters": summary["parameters"], "batch_size": args.batch_size,
-        "steps": args.steps, "samples_per_s_median": round(statistics.median(rates), 1) if rates else None,
+        "steps": args.steps, "compile": args.compile, "samples_per_s_median": round(statistics.median(rates), 1) if rates else None,
         "steps_per_s_median": round(statistics.median(rates) / args.batch_size, 2) if rates else None,
         "run_s": round(time.perf_counter() - t0, 1), "torch": torch.__version__,
     }
@@ -92,6 +92,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=40, help="synthetic episodes of 60 frames")
     p.add_argument("--profile-steps", type=int, default=0, help="steps to run under torch.profiler afterwards")
     p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="sft --compile (the first log window holds the compile)")
     print(json.dumps(run(p.parse_args())))
 
 

@@ -144,6 +144,23 @@ def test_full_sft_lowers_loss_and_writes_loadable_checkpoint(rl_tiny_ckpt: Path,
     assert ((pred[0] >= q01 - 1e-5) & (pred[0] <= q99 + 1e-5)).all()
 
 
+@pytest.mark.slow
+def test_compiled_sft_follows_the_eager_run(rl_tiny_ckpt: Path, demos: Path, tmp_path: Path) -> None:
+    """--compile changes the kernels, not the math: the same batches give the same losses (to float tolerance),
+    and the checkpoint keeps the plain state-dict keys (it loads as an ordinary OpenVLA checkpoint)."""
+    from torch._dynamo.utils import counters
+
+    eager = train(_cfg(demos, tmp_path / "eager", rl_tiny_ckpt, steps=3, batch_size=2))
+    counters.clear()
+    compiled = train(_cfg(demos, tmp_path / "compiled", rl_tiny_ckpt, steps=3, batch_size=2, compile=True))
+    assert counters["stats"]["unique_graphs"] > 0  # dynamo did compile the towers and layers
+    a, b = (np.array([r["loss"] for r in _metrics(tmp_path / run)]) for run in ("eager", "compiled"))
+    np.testing.assert_allclose(b, a, rtol=1e-3)
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-3)
+    model = load_vla(tmp_path / "compiled" / LATEST)
+    assert not any("_orig_mod" in k for k in model.state_dict())
+
+
 def test_lora_sft_trains_only_adapters_and_saves_merged_checkpoint(rl_tiny_ckpt: Path, demos: Path,
                                                                      tmp_path: Path) -> None:
     out = tmp_path / "lora"

@@ -42,6 +42,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default 200)")
     parser.add_argument("--image-shift", type=int, default=None, metavar="PX",
                         help="random-shift augmentation of up to +-PX pixels (default 8; 0 turns it off)")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the vision towers and Llama layers (the first steps pay for the compilation)")
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="checkpoint and stop after this wall time; rerun with --resume to continue")
     parser.add_argument("--resume", metavar="OUT", default=None,
@@ -56,7 +58,7 @@ def _config(args: argparse.Namespace) -> SFTConfig:
         "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
         "unnorm_key": args.unnorm_key, "max_episodes": args.max_episodes, "log_every": args.log_every,
         "save_every": args.save_every, "max_seconds": args.max_seconds, "image_shift": args.image_shift,
-        "lr": args.lr if args.lr is not None else (5e-4 if mode == "lora" else None),
+        "compile": args.compile, "lr": args.lr if args.lr is not None else (5e-4 if mode == "lora" else None),
     }
     if args.all_episodes:
         given["only_successful"] = False
@@ -75,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
             if args.output is not None and Path(args.output).resolve() != Path(args.resume).resolve():
                 raise ValueError("--resume OUT continues the run in OUT; do not also pass a different --output")
             cfg = resume_config(Path(args.resume), steps=args.steps, device=args.device,
-                                max_seconds=args.max_seconds)
+                                max_seconds=args.max_seconds, compile=args.compile)
         else:
             missing = [f for f, v in (("--demos", args.demos), ("--output", args.output)) if v is None]
             if args.base is None and args.init_small is None:

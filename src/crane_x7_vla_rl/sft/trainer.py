@@ -242,6 +242,7 @@ class SFTConfig:
     save_every: int = 200
     max_seconds: float | None = None  # stop (and checkpoint) after this much wall time; resume continues
     image_shift: int = 8  # random-shift augmentation in px (0: off); see dataset.random_shift
+    compile: bool = False  # torch.compile the vision towers and the Llama layers (see compile_for_training)
 
     def __post_init__(self) -> None:
         if (self.base is None) == (self.init_small is None):
@@ -261,6 +262,16 @@ class SFTConfig:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
+
+
+def compile_for_training(model: OpenVLA) -> None:
+    """``torch.compile`` the vision towers and each Llama decoder layer in place (``nn.Module.compile``: the
+    state-dict keys stay the same, so checkpoints are unchanged). A step of the ``small`` preset is bound by
+    memory-bound kernels, not by its GEMMs (docs/performance.md), which is what the compiler fuses; the first
+    steps pay for the compilation."""
+    model.vision_backbone.compile()
+    for layer in model.language_model.model.layers:
+        layer.compile()
 
 
 def resized_frames(model: OpenVLA, images: NDArray[np.uint8], device: torch.device) -> Tensor:
@@ -411,6 +422,8 @@ def train(cfg: SFTConfig, resume: bool = False, progress: Callable[[dict[str, An
         raise FileNotFoundError(f"{resume_dir / STATE_PT} not found: nothing to resume in {out_dir}")
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, stats, device, resume_dir)
+    if cfg.compile:
+        compile_for_training(model)
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel per step for all parameters on CUDA (the foreach default launches several per group)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
