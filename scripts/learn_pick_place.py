@@ -66,6 +66,10 @@ class Scale:
     camera: str = "wrist"  # the camera of the demos, the RL rollouts and the evaluations ("third_person" too)
     workers: int = 1  # simulator processes: expert recording, RL rollouts and evaluations (1 = in-process)
     engine: str = "auto"  # rollout.engine of RL and evaluation: the CUDA-graph engine on CUDA (auto), on, off
+    # PPO passes over each rollout and the KL stop (of the whole 8-token action, a sum over tokens). ppo.target_kl's
+    # default 0.02 stopped every update of the session-5 run inside its first epoch: most of each rollout unused.
+    rl_epochs: int = 2
+    rl_target_kl: float = 0.05
 
 
 QUICK = Scale(demos=40, preset="small-cpu", sft_steps=400, batch_size=16, lr=3e-4, eval_episodes=100, eval_envs=10,
@@ -266,10 +270,8 @@ def rl_yaml(s: Scale, device: str) -> str:
         "rollout": {"simulator": "mujoco", "backend": "cpu", "num_parallel_envs": s.rl_envs,
                     "num_rollouts_per_update": s.rl_rollouts, "max_steps": s.max_steps, "reward_mode": "staged",
                     "camera": s.camera, "sim_workers": s.workers, "engine": s.engine},
-        # target_kl bounds the KL of the whole 8-token action (a sum over tokens): the default 0.02 stopped every
-        # update of the recorded session-5 run within its first epoch, so most of each rollout went unused.
-        "ppo": {"learning_rate": s.rl_lr, "minibatch_size": max(64, s.rl_rollouts * 4), "num_epochs": 2,
-                "target_kl": 0.05},
+        "ppo": {"learning_rate": s.rl_lr, "minibatch_size": max(64, s.rl_rollouts * 4), "num_epochs": s.rl_epochs,
+                "target_kl": s.rl_target_kl},
     }
     return json.dumps(cfg, indent=2) + "\n"  # JSON is valid YAML
 
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-seconds", type=float, default=600.0, help="time limit of one sub-command (default 600)")
     p.add_argument("--docs", type=Path, default=REPO / "docs", help="where results.md and results/ go")
     for field in Scale.__dataclass_fields__:  # every scale value can be overridden, e.g. --sft-steps 100
-        kind: type = str if field in ("preset", "camera", "engine") else float if field.endswith(("lr", "noise")) else int
+        kind: type = str if field in ("preset", "camera", "engine") else float if field.endswith(("lr", "noise", "kl")) else int
         p.add_argument(f"--{field.replace('_', '-')}", type=kind, default=None, help="override the scale's value")
     args = p.parse_args(argv)
     base = QUICK if args.quick else FULL
