@@ -67,7 +67,7 @@ class Scale:
     workers: int = 1  # simulator processes: expert recording, RL rollouts and evaluations (1 = in-process)
     engine: str = "auto"  # rollout.engine of RL and evaluation: the CUDA-graph engine on CUDA (auto), on, off
     # PPO passes over each rollout and the KL stop (of the whole 8-token action, a sum over tokens). ppo.target_kl's
-    # default 0.02 stopped every update of the session-5 run inside its first epoch: most of each rollout unused.
+    # default 0.02 stopped every update of the session-5 run inside its first epoch: part of each rollout unused.
     rl_epochs: int = 2
     rl_target_kl: float = 0.05
 
