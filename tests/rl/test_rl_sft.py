@@ -145,10 +145,15 @@ def test_full_sft_lowers_loss_and_writes_loadable_checkpoint(rl_tiny_ckpt: Path,
 
 
 @pytest.mark.slow
-def test_compiled_sft_follows_the_eager_run(rl_tiny_ckpt: Path, demos: Path, tmp_path: Path) -> None:
+def test_compiled_sft_follows_the_eager_run(rl_tiny_ckpt: Path, demos: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """--compile changes the kernels, not the math: the same batches give the same losses (to float tolerance),
     and the checkpoint keeps the plain state-dict keys (it loads as an ordinary OpenVLA checkpoint)."""
     from torch._dynamo.utils import counters
+
+    # Inductor's CPU backend imports setuptools, whose distutils shim asserts when an earlier test has already
+    # imported the standard library's distutils (Python 3.11 still ships it): keep the one that is loaded.
+    monkeypatch.setenv("SETUPTOOLS_USE_DISTUTILS", "stdlib")
 
     eager = train(_cfg(demos, tmp_path / "eager", rl_tiny_ckpt, steps=3, batch_size=2))
     counters.clear()
