@@ -41,6 +41,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from crane_x7_vla.models.config import ENGINE_TEXT_BUCKET
+
 GIB = 1024**3
 MIB = 1024**2
 
@@ -373,7 +375,7 @@ def _engine(c: MemoryConfig) -> int:
         return 0
     m, n = c.model, c.num_parallel_envs
     weights = sum(o * i for o, i in m.layer_linear_shapes()) * m.num_layers * c.weight_bytes
-    text = 16 * math.ceil(c.prompt_tokens / 16)  # prompts are padded to the engine's 16-token text buckets
+    text = ENGINE_TEXT_BUCKET * math.ceil(c.prompt_tokens / ENGINE_TEXT_BUCKET)  # the engine's padded prompt
     kv_cache = n * m.num_layers * 2 * m.kv_dim * (m.num_patches + text + c.action_dim) * c.act_bytes
     return weights + kv_cache + _transients(c)
 

@@ -37,6 +37,11 @@ def read_config_json(path: str | Path, hint: str) -> dict[str, Any]:
     return data
 
 
+# The engine left-pads prompts to a multiple of this many tokens (one CUDA graph per bucket). Here, torch-free, so
+# the RL memory planner can count the engine's KV cache without importing torch.
+ENGINE_TEXT_BUCKET = 16
+
+
 @dataclass(frozen=True)
 class ViTConfig:
     """Geometry of one timm-layout ViT tower (what ``timm.create_model(id)`` would build)."""

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.profiler import record_function
 
+from crane_x7_vla.models.config import ENGINE_TEXT_BUCKET
 from crane_x7_vla.models.generate import SampleOutput, action_logits, log_probs_and_entropy
 from crane_x7_vla.models.openvla import OpenVLA
 from crane_x7_vla.models.processing import ImageLike, ModelInputs
@@ -129,7 +130,7 @@ class OpenVLAEngine:
         model: OpenVLA,
         *,
         max_batch: int = 32,
-        text_bucket: int = 16,
+        text_bucket: int = ENGINE_TEXT_BUCKET,
         use_cuda_graphs: bool | None = None,
         compile_decode: bool = True,
         compile_prefill: bool = True,
