@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -64,7 +65,10 @@ class Scale:
     max_steps: int  # episode horizon (the expert needs ~60 steps)
     action_noise: float = 0.005  # DART noise (rad) on the expert's executed arm targets while recording
     camera: str = "wrist"  # the camera of the demos, the RL rollouts and the evaluations ("third_person" too)
-    workers: int = 1  # simulator processes: expert recording, RL rollouts and evaluations (1 = in-process)
+    workers: int = 1  # simulator processes: RL rollouts and evaluations (1 = in-process)
+    # expert recording processes, 0 = one per CPU core: nothing else runs then, and the recording is the same for
+    # any count (episodes are functions of their seeds, written in seed order)
+    data_workers: int = 0
     engine: str = "auto"  # rollout.engine of RL and evaluation: the CUDA-graph engine on CUDA (auto), on, off
     # PPO passes over each rollout and the KL stop (of the whole 8-token action, a sum over tokens). ppo.target_kl's
     # default 0.02 stopped every update of the session-5 run inside its first epoch: part of each rollout unused.
@@ -120,10 +124,13 @@ class Workflow:
         # Recording appends: continue at the next seed so every episode is distinct.
         out = run([*self.cli, "expert", "--simulator", "mujoco", "--episodes", str(self.scale.demos - have),
                    "--seed", str(have), "--record", str(demos), "--action-noise", str(self.scale.action_noise),
-                   "--camera", self.scale.camera, "--workers", str(self.scale.workers), "--json"], self.step_seconds,
+                   "--camera", self.scale.camera, "--workers", str(self.data_workers()), "--json"], self.step_seconds,
                   self.logs / "data.log")
         print(f"data: {out['successes']}/{out['episodes']} expert successes in {out['seconds']} s (only successful "
               "episodes are trained on)")
+
+    def data_workers(self) -> int:
+        return self.scale.data_workers or (os.cpu_count() or 1)
 
     def sft(self) -> None:
         run_dir = self.work / "sft"

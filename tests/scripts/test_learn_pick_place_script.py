@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -97,3 +98,18 @@ def test_the_plot_shows_rollouts_and_both_evaluations(script: ModuleType, tmp_pa
     script.plot_success(metrics, [("SFT", 0, result), ("SFT + PPO", 30, {**result, "success_rate": 0.15})], out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp*"))  # written atomically
+
+
+def test_the_expert_records_with_one_process_per_core_unless_told(script: ModuleType, tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+
+    def run(cmd: list[str], timeout: float, log_path: Path) -> dict[str, object]:
+        calls.append(cmd)
+        return {"successes": 1, "episodes": 1, "seconds": 0.1}
+
+    script.run = run
+    script.Workflow(tmp_path, script.FULL, "cuda", 60.0, tmp_path / "docs").data()
+    assert calls[-1][calls[-1].index("--workers") + 1] == str(os.cpu_count() or 1)
+    told = script.Scale(**{**script.asdict(script.FULL), "data_workers": 3})
+    script.Workflow(tmp_path / "b", told, "cuda", 60.0, tmp_path / "docs").data()
+    assert calls[-1][calls[-1].index("--workers") + 1] == "3"
