@@ -1,4 +1,5 @@
-"""Step scheduling of scripts/learn_pick_place.py (steps stubbed: the commands themselves are tested elsewhere)."""
+"""Step scheduling and bookkeeping of scripts/learn_pick_place.py (steps or commands stubbed: the commands themselves are
+tested elsewhere)."""
 
 from __future__ import annotations
 
