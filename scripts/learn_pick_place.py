@@ -134,12 +134,12 @@ class Workflow:
 
     def sft(self) -> None:
         run_dir = self.work / "sft"
-        state = run_dir / "checkpoint_latest" / "sft_state.json"
-        if state.is_file() and json.loads(state.read_text())["step"] >= self.scale.sft_steps:
-            print(f"sft: done ({state})")
+        step = checkpoint_progress(run_dir / "checkpoint_latest")
+        if step is not None and step >= self.scale.sft_steps:
+            print(f"sft: done ({run_dir / 'checkpoint_latest'})")
             return
         budget = ["--max-seconds", str(max(self.step_seconds - 60, 30))]  # leave time to load and save
-        if state.is_file():
+        if step is not None:
             cmd = [*self.cli, "sft", "--resume", str(run_dir), "--steps", str(self.scale.sft_steps), *budget]
         else:
             cmd = [*self.cli, "sft", "--demos", str(self.work / "demos"), "--init-small", self.scale.preset,
@@ -201,9 +201,7 @@ class Workflow:
     def rl(self) -> None:
         out_dir = self.work / "rl"
         latest = out_dir / RL_NAME / "checkpoint_latest"
-        state = latest / "trainer_state.json"
-        done = json.loads(state.read_text()).get("update", 0) if state.is_file() else 0
-        if done >= self.scale.rl_updates:
+        if (checkpoint_progress(latest) or 0) >= self.scale.rl_updates:
             print(f"rl: done ({latest})")
             return
         s = self.scale
@@ -240,13 +238,15 @@ class Workflow:
                 with atomic_path(dst, suffix=".mp4") as tmp:
                     shutil.copyfile(src, tmp)
                 copied.append(dst.name)
-        sft_state = json.loads((self.work / "sft" / "checkpoint_latest" / "sft_state.json").read_text())
+        sft_step = checkpoint_progress(self.work / "sft" / "checkpoint_latest")
+        if sft_step is None:
+            raise FileNotFoundError(f"report: no SFT checkpoint in {self.work / 'sft'}; run the sft step first")
         updates = max((json.loads(line).get("update", 0) for line in metrics.read_text().splitlines() if line.strip()),
                       default=0) if metrics.is_file() else 0
         plot_success(metrics, [(label, int(r.get("checkpoint_progress") or 0) if "PPO" in label else 0, r)
                                for label, r in rows], plot)
         table = [f"Scale: `{json.dumps(asdict(self.scale))}`, device `{self.device}`, SFT steps "
-                 f"{sft_state['step']}, PPO updates done {updates}, measured {time.strftime('%Y-%m-%d')}.", "",
+                 f"{sft_step}, PPO updates done {updates}, measured {time.strftime('%Y-%m-%d')}.", "",
                  "Greedy evaluation, binary success; the stage columns say how far episodes got (any step).", "",
                  "| policy | success | 95% CI (Wilson) | episodes | reached cube | grasped | lifted |",
                  "|---|---|---|---|---|---|---|"]
