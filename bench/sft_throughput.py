@@ -13,6 +13,7 @@ bound by the host (Python, launches, synchronisations), not by the GPU. Prints o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -66,15 +67,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def profile_steps(cfg: SFTConfig, work: Path, steps: int) -> dict[str, Any]:
     """Continue the run for ``steps`` steps under the profiler: device time per step by kind, against wall time."""
-    import dataclasses
-
     resumed = dataclasses.replace(cfg, steps=cfg.steps + steps, save_every=10**9)
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         train(resumed, resume=True)
     rows = [json.loads(line) for line in (work / "run" / METRICS).read_text().splitlines() if line.strip()]
-    wall_ms = 1e3 * cfg.batch_size / statistics.median(r["samples_per_s"] for r in rows[-max(1, steps // 10):])
+    profiled = [r["samples_per_s"] for r in rows if r["step"] > cfg.steps]  # the windows of the resumed run
+    wall_ms = 1e3 * cfg.batch_size / statistics.median(profiled)
     # The profile spans the resumed run's start too (model load, frames to the device): a slight overestimate.
     device_ms = {k: round(v / steps, 2) for k, v in sorted(cuda_ms_by_kind(prof.key_averages()).items())}
     busy = sum(device_ms.values())
