@@ -160,40 +160,27 @@ class Workflow:
                 return
             # e.g. `rl` ran on after the last `eval-rl`: the old result describes an earlier policy
             print(f"{name}: {target} scored the checkpoint at {scored}, it is now at {progress}: evaluating again")
-        out = run(self._evaluate_cmd(checkpoint, self.scale.eval_episodes, EVAL_SEED, self.scale.eval_envs),
+        # The videos are the evaluation's own first success and first failure: a batch-1 replay of a seed runs
+        # other bf16 kernels on a GPU and need not end the same way (session 6's "success" replay failed).
+        videos = self.work / f"{name}_videos"
+        shutil.rmtree(videos, ignore_errors=True)  # an earlier evaluation's videos describe an earlier policy
+        out = run([*self._evaluate_cmd(checkpoint), "--video-per-outcome", "--video-dir", str(videos)],
                   self.step_seconds, self.logs / f"{name}.log")
         out["checkpoint"] = str(checkpoint)
         out["checkpoint_progress"] = progress
-        out["videos"] = self._videos(name, checkpoint, out.get("episodes", []))
+        out["videos"] = {outcome: path for path in out.get("videos", []) for outcome in ("success", "failure")
+                         if Path(path).stem.endswith(outcome)}
         write_json_atomic(target, out)
         print(f"{name}: success {out['successes']}/{out['num_episodes']} = {out['success_rate']:.3f} "
               f"(95% CI {out['ci95_low']:.3f}-{out['ci95_high']:.3f})")
 
-    def _evaluate_cmd(self, checkpoint: Path, episodes: int, seed: int, envs: int) -> list[str]:
-        """The one evaluation command of this workflow (MuJoCo, the scale's camera, greedy)."""
+    def _evaluate_cmd(self, checkpoint: Path) -> list[str]:
+        """The one evaluation of this workflow: MuJoCo, the scale's camera, greedy, fixed seeds from EVAL_SEED."""
+        s = self.scale
         return [*self.rl_cli, "evaluate", "--checkpoint", str(checkpoint), "--simulator", "mujoco", "--camera",
-                self.scale.camera, "--backend", "cpu", "--num-episodes", str(episodes), "--seed", str(seed),
-                "--num-parallel-envs", str(envs), "--sim-workers", str(self.scale.workers), "--engine",
-                self.scale.engine, "--device", self.device]
-
-    def _videos(self, name: str, checkpoint: Path, episodes: list[dict[str, Any]]) -> dict[str, str]:
-        """Replay one successful and one failed evaluation episode (same seed, batch 1) as mp4."""
-        videos: dict[str, str] = {}
-        for outcome in ("success", "failure"):
-            ep = next((e for e in episodes if bool(e.get("success")) == (outcome == "success") and "seed" in e), None)
-            if ep is None:
-                continue
-            vdir = self.work / f"{name}_videos" / outcome
-            try:
-                run([*self._evaluate_cmd(checkpoint, 1, int(ep["seed"]), 1), "--num-videos", "1", "--video-dir",
-                     str(vdir)], self.step_seconds, self.logs / f"{name}.log")
-            except (RuntimeError, StepIncomplete) as exc:  # a missing video must not lose the evaluation
-                print(f"{name}: could not record the {outcome} video: {exc}")
-                continue
-            found = sorted(vdir.glob("*.mp4"))
-            if found:
-                videos[outcome] = str(found[0])
-        return videos
+                s.camera, "--backend", "cpu", "--num-episodes", str(s.eval_episodes), "--seed", str(EVAL_SEED),
+                "--num-parallel-envs", str(s.eval_envs), "--sim-workers", str(s.workers), "--engine", s.engine,
+                "--device", self.device]
 
     def eval_sft(self) -> None:
         self._evaluate("eval_sft", self.work / "sft" / "checkpoint_latest")

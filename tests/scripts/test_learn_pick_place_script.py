@@ -66,8 +66,10 @@ def test_on_cpu_the_steps_run_in_order(script: ModuleType, tmp_path: Path) -> No
 def _fake_eval(script: ModuleType, calls: list[list[str]]) -> None:
     def run(cmd: list[str], timeout: float, log_path: Path) -> dict[str, object]:
         calls.append(cmd)
+        video_dir = Path(cmd[cmd.index("--video-dir") + 1])
         return {"successes": 1, "num_episodes": 2, "success_rate": 0.5, "ci95_low": 0.1, "ci95_high": 0.9,
-                "episodes": []}
+                "episodes": [], "videos": [str(video_dir / "eval_ep00_failure.mp4"),
+                                           str(video_dir / "eval_ep01_success.mp4")]}
 
     script.run = run
 
@@ -80,8 +82,11 @@ def test_an_evaluation_is_redone_once_its_checkpoint_has_moved_on(script: Module
     _fake_eval(script, calls)
     flow = script.Workflow(tmp_path, script.QUICK, "cpu", 60.0, tmp_path / "docs")
     flow.eval_rl()
-    assert len(calls) == 1
-    assert json.loads((tmp_path / "eval_rl.json").read_text())["checkpoint_progress"] == 40
+    assert len(calls) == 1 and "--video-per-outcome" in calls[0]  # videos of the measured episodes, no replay
+    result = json.loads((tmp_path / "eval_rl.json").read_text())
+    assert result["checkpoint_progress"] == 40
+    assert {k: Path(v).name for k, v in result["videos"].items()} == {"failure": "eval_ep00_failure.mp4",
+                                                                      "success": "eval_ep01_success.mp4"}
     flow.eval_rl()  # same checkpoint: done
     assert len(calls) == 1
     (latest / "trainer_state.json").write_text('{"update": 73}')  # `rl` ran on

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--instruction", default=None)
     ev.add_argument("--device", default=None)
     ev.add_argument("--num-videos", type=int, default=0, help="save this many episodes as mp4")
+    ev.add_argument("--video-per-outcome", action="store_true",
+                    help="save the first successful and the first failed episode of this evaluation as mp4")
     ev.add_argument("--video-dir", default="eval_videos")
     cfg = sub.add_parser("config", help="write a config template")
     cfg.add_argument("--output", "-o", default="config.yaml")

@@ -102,11 +102,13 @@ def evaluate(args: argparse.Namespace) -> int:
         collector = RolloutCollector(sim, policy, instruction=args.instruction or config.language_instruction,
                                      max_steps=config.rollout.max_steps, temperature=temperature, device=device)
         results = evaluate_policy(collector, args.num_episodes, args.seed, temperature=temperature,
-                                  num_videos=args.num_videos, camera=config.video_camera)
+                                  num_videos=args.num_videos, camera=config.video_camera,
+                                  one_per_outcome=args.video_per_outcome)
     finally:
         sim.close()
     summary = summarize(results)
-    videos = save_videos(results, Path(args.video_dir), None, fps=10.0) if args.num_videos else []
+    videos = (save_videos(results, Path(args.video_dir), None, fps=10.0)
+              if args.num_videos or args.video_per_outcome else [])
     for ep in summary.episodes:
         log.info("episode %d seed %d: %s return %.3f length %d", ep["episode"], ep["seed"],
                  "success" if ep["success"] else "failure", ep["return"], ep["length"])

@@ -64,8 +64,15 @@ def summarize(results: list[EpisodeResult]) -> EvalSummary:
 
 
 def evaluate_policy(collector: RolloutCollector, num_episodes: int, seed: int, *, temperature: float,
-                    num_videos: int = 0, camera: str = "third_person") -> list[EpisodeResult]:
+                    num_videos: int = 0, camera: str = "third_person",
+                    one_per_outcome: bool = False) -> list[EpisodeResult]:
     """Run ``num_episodes`` episodes in batches of the simulator's N envs; batch b starts from ``seed + b*N``.
+
+    Videos: the first ``num_videos`` episodes keep their frames; with ``one_per_outcome`` instead, the first
+    successful and the first failed episode of this very evaluation do. Replaying a chosen seed later is no
+    substitute: on a GPU the batch size changes the bf16 kernels, a greedy token can flip, and the replayed
+    episode need not end as it did in the evaluation. Whole batches are recorded until both outcomes have
+    frames (rendering is batched anyway; the cost is memory for one batch), then only those two are kept.
 
     Greedy evaluation (temperature 0) draws no random numbers; sampled evaluation uses its own generator, so
     evaluating never disturbs the training run's random streams.
@@ -75,11 +82,29 @@ def evaluate_policy(collector: RolloutCollector, num_episodes: int, seed: int, *
     results: list[EpisodeResult] = []
     batch = 0
     while len(results) < num_episodes:
-        record = max(0, min(n, num_videos - len(results)))
+        if one_per_outcome:
+            record = 0 if len(first_per_outcome(results)) == 2 else n
+        else:
+            record = max(0, min(n, num_videos - len(results)))
         results.extend(collector.run_episodes(seed + batch * n, gen, temperature=temperature, record=record,
                                               camera=camera))
         batch += 1
-    return results[:num_episodes]
+    results = results[:num_episodes]
+    if one_per_outcome:
+        keep = set(first_per_outcome(results).values())
+        for i, r in enumerate(results):
+            if i not in keep:
+                r.frames = []
+    return results
+
+
+def first_per_outcome(results: list[EpisodeResult]) -> dict[bool, int]:
+    """Index of the first recorded (has frames) episode of each outcome: {True: i_success, False: i_failure}."""
+    first: dict[bool, int] = {}
+    for i, r in enumerate(results):
+        if r.frames:
+            first.setdefault(bool(r.success), i)
+    return first
 
 
 def video_name(update: int | None, episode: int, success: bool) -> str:
