@@ -18,6 +18,11 @@ about 10 minutes, after which it is stopped at a checkpoint; run the same comman
     eval-rl   the same episodes for the RL policy                 -> WORK/eval_rl.json (+ videos)
     report    table in docs/results.md, success-vs-update PNG, one success and one failure video
 
+Moving a run to another machine (not part of ``all``): ``export --bundle DIR [--part-mb 15]`` writes what the
+steps after SFT need (no demos, no SFT optimizer state; on CUDA the SFT weights in bf16, the dtype every CUDA
+step loads them in) as size-capped tar parts with a checksummed manifest; ``import --bundle DIR`` checks and
+unpacks it into an empty WORK, and later steps continue from there (e.g. ``import rl eval-rl report``).
+
 Design: this script only orchestrates the project's own commands (``crane-x7-vla expert``, ``crane-x7-vla sft``,
 ``python -m crane_x7_vla_rl.training.cli train|evaluate``) as subprocesses, reading their final JSON line, so what
 it measures is exactly what a user runs. Every artefact is written atomically, so a killed step never leaves a
@@ -32,6 +37,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -44,6 +50,7 @@ from crane_x7_vla.utils.atomic import atomic_path, write_json_atomic, write_text
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("data", "sft", "eval-sft", "rl", "eval-rl", "report")
+ORDER = ("import", *STEPS, "export")  # every step in the order they run; `all` is STEPS
 EVAL_SEED = 100_000  # evaluation seeds never overlap the demo seeds (0..) or the RL trainer's eval seeds (10000..)
 RL_NAME = "pick_place_rl"
 BEGIN, END = "<!-- learn_pick_place:begin -->", "<!-- learn_pick_place:end -->"
@@ -107,8 +114,10 @@ def run(cmd: list[str], timeout: float, log_path: Path) -> dict[str, Any]:
 
 
 class Workflow:
-    def __init__(self, work: Path, scale: Scale, device: str, step_seconds: float, docs: Path) -> None:
+    def __init__(self, work: Path, scale: Scale, device: str, step_seconds: float, docs: Path,
+                 bundle: Path | None = None, part_mb: float = 0.0) -> None:
         self.work, self.scale, self.device, self.step_seconds, self.docs = work, scale, device, step_seconds, docs
+        self.bundle, self.part_mb = bundle, part_mb
         self.py = sys.executable
         self.cli = [self.py, "-m", "crane_x7_vla.cli"]
         self.rl_cli = [self.py, "-m", "crane_x7_vla_rl.training.cli"]
@@ -116,6 +125,9 @@ class Workflow:
 
     # ------------------------------------------------------------------ steps
     def data(self) -> None:
+        if self._sft_done():  # e.g. an imported run: the demos were only ever needed to train the SFT policy
+            print("data: not needed, the SFT has finished")
+            return
         demos = self.work / "demos"
         have = len(json.loads((demos / "meta.json").read_text())["episodes"]) if (demos / "meta.json").is_file() else 0
         if have >= self.scale.demos:
@@ -132,10 +144,13 @@ class Workflow:
     def data_workers(self) -> int:
         return self.scale.data_workers or (os.cpu_count() or 1)
 
+    def _sft_done(self) -> bool:
+        return (checkpoint_progress(self.work / "sft" / "checkpoint_latest") or 0) >= self.scale.sft_steps
+
     def sft(self) -> None:
         run_dir = self.work / "sft"
         step = checkpoint_progress(run_dir / "checkpoint_latest")
-        if step is not None and step >= self.scale.sft_steps:
+        if self._sft_done():
             print(f"sft: done ({run_dir / 'checkpoint_latest'})")
             return
         budget = ["--max-seconds", str(max(self.step_seconds - 60, 30))]  # leave time to load and save
@@ -206,6 +221,58 @@ class Workflow:
     def eval_rl(self) -> None:
         self._evaluate("eval_rl", self.work / "rl" / RL_NAME / "checkpoint_latest")
 
+    def export_bundle(self) -> None:
+        from crane_x7_vla.utils.bundle import write_bundle
+
+        if self.bundle is None:
+            raise ValueError("export: name the bundle directory to write with --bundle DIR")
+        sft = self.work / "sft" / "checkpoint_latest"
+        if not self._sft_done():
+            raise RuntimeError(f"export: the SFT in {sft} has not finished (step {checkpoint_progress(sft)} of "
+                               f"{self.scale.sft_steps}); run `sft` first: an unfinished SFT would need its "
+                               "optimizer state, several times the model's size, to resume")
+        from crane_x7_vla_rl.sft.trainer import STATE_PT
+
+        files = {f"sft/checkpoint_latest/{f.name}": f for f in sft.iterdir() if f.is_file() and f.name != STATE_PT}
+        for rel in ("rl_config.yaml", "eval_sft.json", "eval_rl.json", "sft/metrics.jsonl",
+                    f"rl/{RL_NAME}/metrics.jsonl"):
+            if (self.work / rel).is_file():
+                files[rel] = self.work / rel
+        for rel in (f"rl/{RL_NAME}/checkpoint_latest", "eval_sft_videos", "eval_rl_videos", "logs"):
+            files.update({str(f.relative_to(self.work)): f for f in sorted((self.work / rel).rglob("*")) if f.is_file()})
+        with tempfile.TemporaryDirectory(dir=self.work) as tmp:
+            dtype = "as trained"
+            if self.device != "cpu":  # every CUDA step loads the SFT weights in bf16 (TrainConfig.bf16)
+                files.update({f"sft/checkpoint_latest/{f.name}": f for f in bf16_copy(sft, Path(tmp))})
+                dtype = "bfloat16"
+            part = int(self.part_mb * 2**20) if self.part_mb > 0 else 2**62
+            manifest = write_bundle(self.bundle, files, part_bytes=part, metadata={
+                "work": str(self.work), "sft_step": checkpoint_progress(sft), "sft_weights": dtype,
+                "rl_update": checkpoint_progress(self.work / "rl" / RL_NAME / "checkpoint_latest"),
+                "scale": asdict(self.scale), "device": self.device})
+        size = sum(p["bytes"] for p in manifest["parts"]) / 2**20
+        print(f"export: {len(files)} files, {size:.1f} MiB in {len(manifest['parts'])} part(s) -> {self.bundle}")
+
+    def import_bundle(self) -> None:
+        from crane_x7_vla.utils.bundle import read_bundle, verify_bundle
+
+        if self.bundle is None:
+            raise ValueError("import: name the bundle directory to read with --bundle DIR")
+        if self.work.exists() and any(self.work.iterdir()):
+            raise RuntimeError(f"import: {self.work} is not empty; import into a new --work directory (or remove "
+                               "this one)")
+        old = str(verify_bundle(self.bundle)["metadata"].get("work", ""))
+        if self.work.exists():
+            self.work.rmdir()
+        manifest = read_bundle(self.bundle, self.work)
+        if old and old != str(self.work):  # the run's configs and results name files under the old WORK
+            for f in [*self.work.rglob("*.json"), *self.work.rglob("*.yaml")]:
+                text = f.read_text()
+                if old + os.sep in text:
+                    write_text_atomic(f, text.replace(old + os.sep, str(self.work) + os.sep))
+        meta = manifest["metadata"]
+        print(f"import: SFT step {meta.get('sft_step')}, RL update {meta.get('rl_update')} -> {self.work}")
+
     def report(self) -> None:
         rows = []
         for name, label in (("eval_sft", "SFT (small VLA from scratch)"), ("eval_rl", "SFT + PPO")):
@@ -255,6 +322,25 @@ def checkpoint_progress(checkpoint: Path) -> int | None:
             value = json.loads((checkpoint / name).read_text()).get(key)
             return int(value) if value is not None else None
     return None
+
+
+def bf16_copy(checkpoint: Path, out: Path) -> list[Path]:
+    """The checkpoint's safetensors files and config.json with floating-point weights cast to bf16, in ``out``."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    written = []
+    for f in sorted(checkpoint.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as fh:
+            metadata = fh.metadata()
+        tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(str(f)).items()}
+        save_file(tensors, str(out / f.name), metadata=metadata)
+        written.append(out / f.name)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["torch_dtype"] = "bfloat16"
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return [*written, out / "config.json"]
 
 
 def rl_yaml(s: Scale, device: str) -> str:
@@ -317,12 +403,14 @@ def update_section(path: Path, body: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("steps", nargs="+", choices=(*STEPS, "all"), help="steps to run, in order")
+    p.add_argument("steps", nargs="+", choices=(*ORDER, "all"), help="steps to run, in order")
     p.add_argument("--quick", action="store_true", help="reduced CPU scale (default: full GPU scale)")
     p.add_argument("--work", type=Path, default=None, help="working directory (default outputs/learn_pick_place[_quick])")
     p.add_argument("--device", default=None, help="torch device (default cpu with --quick, else cuda)")
     p.add_argument("--step-seconds", type=float, default=600.0, help="time limit of one sub-command (default 600)")
     p.add_argument("--docs", type=Path, default=REPO / "docs", help="where results.md and results/ go")
+    p.add_argument("--bundle", type=Path, default=None, help="the bundle directory of the export / import steps")
+    p.add_argument("--part-mb", type=float, default=0.0, help="export: at most this many MiB per part (0: one)")
     for field in Scale.__dataclass_fields__:  # every scale value can be overridden, e.g. --sft-steps 100
         kind: type = str if field in ("preset", "camera", "engine") else float if field.endswith(("lr", "noise", "kl")) else int
         p.add_argument(f"--{field.replace('_', '-')}", type=kind, default=None, help="override the scale's value")
@@ -331,8 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     scale = Scale(**{k: getattr(args, k) if getattr(args, k) is not None else v for k, v in asdict(base).items()})
     work = args.work or REPO / "outputs" / ("learn_pick_place_quick" if args.quick else "learn_pick_place")
     device = args.device or ("cpu" if args.quick else "cuda")
-    flow = Workflow(work, scale, device, args.step_seconds, args.docs)
-    steps = STEPS if "all" in args.steps else tuple(s for s in STEPS if s in args.steps)
+    flow = Workflow(work, scale, device, args.step_seconds, args.docs, args.bundle, args.part_mb)
+    steps = STEPS if "all" in args.steps else tuple(s for s in ORDER if s in args.steps)
     # On a GPU the SFT evaluation runs beside the RL step (both only read the SFT checkpoint; the GPU and the
     # simulator processes have room for both), which saves its ~2 minutes of a ~10-minute call.
     beside = device != "cpu" and {"eval-sft", "rl"} <= set(steps)
@@ -355,7 +443,7 @@ def run_step(flow: Workflow, step: str) -> int:
     """Run one step; 0 when done, 3 when stopped at its time budget (rerun to continue), 1 on an error."""
     t0 = time.perf_counter()
     try:
-        getattr(flow, step.replace("-", "_"))()
+        getattr(flow, {"import": "import_bundle", "export": "export_bundle"}.get(step, step.replace("-", "_")))()
     except StepIncomplete as exc:
         print(f"{step}: {exc}", file=sys.stderr)
         return 3
