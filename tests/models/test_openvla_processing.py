@@ -51,6 +51,20 @@ def test_a_batch_is_resized_in_parallel_in_order() -> None:
         transform.batch([images[0], images[1].astype(np.float32)], "cpu")
 
 
+@pytest.mark.parametrize("strategy", ["resize-naive", "resize-crop", "letterbox"])
+def test_frames_at_the_model_size_skip_pil_with_the_same_pixels(strategy: str) -> None:
+    """Simulator frames come at the model's size: the batch skips the PIL round trip, bit for bit the same."""
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (28, 28, 3), dtype=np.uint8) for _ in range(5)]
+    transform = ImageTransform([TOWER, ViTConfig(8, 2, 2, 16, 14, 28)], strategy)
+    fast = transform.batch(frames, "cpu")
+    through_pil = transform.normalize([torch.from_numpy(np.stack([transform.resized(f)[i] for f in frames]))
+                                       for i in range(2)])
+    assert torch.equal(fast, through_pil)
+    mixed = transform.batch([*frames[:2], frames[2][:27]], "cpu")  # one frame of another size: the PIL path
+    assert torch.equal(mixed[:2], fast[:2])
+
+
 def test_letterbox_pads_with_mean_and_resize_crop_keeps_centre() -> None:
     img = np.full((10, 40, 3), 255, np.uint8)
     lb = ImageTransform([TOWER], "letterbox")(img)
