@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -111,8 +111,9 @@ def _resize(img: Image.Image, size: int, strategy: str, fill: tuple[int, int, in
     return img.resize((size, size), Image.Resampling.BICUBIC)
 
 
-def _is_rgb_array(image: Any, size: int) -> bool:
-    return (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (size, size, 3))
+def _is_rgb_array(image: Any, size: int | None) -> TypeGuard[np.ndarray]:
+    """A uint8 RGB array of exactly ``size`` x ``size`` (never when the towers' sizes differ: ``size`` None)."""
+    return isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (size, size, 3)
 
 
 @cache
@@ -152,11 +153,12 @@ class ImageTransform:
         parity, stays on the CPU; the GPU arithmetic differs from the CPU's by at most 3.6e-7 — 1 ulp — measured
         on an H200)."""
         size = self.shared_size()
-        if size is not None and all(_is_rgb_array(im, size) for im in images):
+        arrays = [im for im in images if _is_rgb_array(im, size)]
+        if len(arrays) == len(images):
             # Frames already at the model's size (simulators render them so): every resize strategy leaves a
             # square image of the target size as it is (PIL's resize returns a copy), so skip PIL altogether and
             # send one stacked uint8 array: the same pixels, without the per-frame PIL round trip.
-            return self.normalize([torch.from_numpy(np.stack(images)).to(device)])
+            return self.normalize([torch.from_numpy(np.stack(arrays)).to(device)])
         per_image = (list(_resize_pool().map(self.resized, images)) if len(images) > 1
                      else [self.resized(im) for im in images])
         return self.normalize([torch.from_numpy(np.stack([r[i] for r in per_image])).to(device)
