@@ -254,14 +254,14 @@ class Workflow:
         print(f"export: {len(files)} files, {size:.1f} MiB in {len(manifest['parts'])} part(s) -> {self.bundle}")
 
     def import_bundle(self) -> None:
-        from crane_x7_vla.utils.bundle import read_bundle, verify_bundle
+        from crane_x7_vla.utils.bundle import read_bundle, read_manifest
 
         if self.bundle is None:
             raise ValueError("import: name the bundle directory to read with --bundle DIR")
         if self.work.exists() and any(self.work.iterdir()):
             raise RuntimeError(f"import: {self.work} is not empty; import into a new --work directory (or remove "
                                "this one)")
-        old = str(verify_bundle(self.bundle)["metadata"].get("work", ""))
+        old = str(read_manifest(self.bundle)["metadata"].get("work", ""))
         if self.work.exists():
             self.work.rmdir()
         manifest = read_bundle(self.bundle, self.work)
