@@ -287,10 +287,14 @@ class Workflow:
         metrics = self.work / "rl" / RL_NAME / "metrics.jsonl"
         copied = []
         for label, r in rows:
-            for outcome, src in r.get("videos", {}).items():
+            videos = r.get("videos", {})
+            for outcome in ("success", "failure"):
                 dst = assets / f"{'rl' if 'PPO' in label else 'sft'}_{outcome}.mp4"
+                if outcome not in videos:  # an earlier run's video must not stand beside this run's table
+                    dst.unlink(missing_ok=True)
+                    continue
                 with atomic_path(dst, suffix=".mp4") as tmp:
-                    shutil.copyfile(src, tmp)
+                    shutil.copyfile(videos[outcome], tmp)
                 copied.append(dst.name)
         sft_step = checkpoint_progress(self.work / "sft" / "checkpoint_latest")
         if sft_step is None:

@@ -187,3 +187,29 @@ def test_a_bundle_loads_as_the_same_bf16_model(script: ModuleType, tmp_path: Pat
     actions = [load_vla(d / "sft" / "checkpoint_latest", dtype=torch.bfloat16).predict_action([image], ["pick"])
                for d in (tmp_path / "a", tmp_path / "b")]
     np.testing.assert_array_equal(actions[0], actions[1])
+
+
+def test_the_report_shows_this_runs_videos_only(script: ModuleType, tmp_path: Path) -> None:
+    work, docs = tmp_path / "work", tmp_path / "docs"
+    sft = work / "sft" / "checkpoint_latest"
+    sft.mkdir(parents=True)
+    (sft / "sft_state.json").write_text('{"step": 400}')
+    result = {"success_rate": 0.2, "ci95_low": 0.1, "ci95_high": 0.3, "successes": 20, "num_episodes": 100}
+    clips = {}
+    for name in ("sft_s", "sft_f", "rl_f"):
+        clips[name] = tmp_path / f"{name}.mp4"
+        clips[name].write_bytes(name.encode())
+    (work / "eval_sft.json").write_text(json.dumps({**result, "videos": {"success": str(clips["sft_s"]),
+                                                                        "failure": str(clips["sft_f"])}}))
+    # the RL evaluation had no success among its episodes: no RL success video this time
+    (work / "eval_rl.json").write_text(json.dumps({**result, "checkpoint_progress": 5,
+                                                   "videos": {"failure": str(clips["rl_f"])}}))
+    (docs / "results").mkdir(parents=True)
+    (docs / "results" / "rl_success.mp4").write_bytes(b"an earlier run's success")
+    script.Workflow(work, script.QUICK, "cpu", 60.0, docs).report()
+    assert sorted(p.name for p in (docs / "results").iterdir()) == [
+        "rl_failure.mp4", "sft_failure.mp4", "sft_success.mp4", "success_vs_update.png"]
+    assert (docs / "results" / "rl_failure.mp4").read_bytes() == b"rl_f"
+    text = (docs / "results.md").read_text()
+    assert "results/rl_failure.mp4" in text and "rl_success" not in text
+    assert "| SFT + PPO | 20/100 = 0.200 |" in text
