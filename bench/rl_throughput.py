@@ -2,6 +2,9 @@
 
     # CPU / CI-like machine: the tiny model in MuJoCo
     PYTHONPATH=src python bench/rl_throughput.py --model tiny --simulator mujoco --num-envs 2 --steps 4
+    # GPU: the learning run's ~53M `small` model (scripts/learn_pick_place.py), its update under the profiler
+    PYTHONPATH=src:bench python bench/rl_throughput.py --model small --simulator none --num-envs 32 --steps 100 \
+        --minibatch-size 128 --num-epochs 2 --profile-update
     # GPU: the full openvla-7b architecture (random bf16 weights, nothing downloaded)
     PYTHONPATH=src python bench/rl_throughput.py --model openvla-7b --simulator maniskill --backend gpu --num-envs 64
     PYTHONPATH=src python bench/rl_throughput.py --model openvla-7b --simulator none --num-envs 64 --steps 8
@@ -14,6 +17,10 @@ of ``VLAActorCritic.evaluate_actions`` + ``algorithms.ppo_loss`` + AdamW over Lo
 minibatches and micro-batches. The update loop is an adapter written here rather than ``Trainer.update_policy``
 because that method needs a whole ``Trainer`` (a checkpoint on disk to load, a run directory, loggers and the
 distributed state); it follows the same steps (including the host copy of the buffered frames).
+
+``--profile-update`` runs the same update once more under ``torch.profiler`` and reports the CUDA kernel time
+against that run's wall time: a device busy for a small part of the wall clock means the update is bound by
+the host (Python, launches, synchronisations), not by the GPU.
 
 Reported (one JSON object): env-steps/s end to end, update samples/s, the time split (sim, render, policy
 preprocessing, policy inference, PPO update; render is separated where the backend exposes its renderer), peak
@@ -202,8 +209,9 @@ class SyntheticSimulator:
 
 # --- model -----------------------------------------------------------------------------------------------------
 def build_vla(name: str, device: torch.device, dtype: torch.dtype) -> Any:
-    """The tiny test model, or the full openvla-7b tree with random weights (the tiny tokenizer keeps the real
-    id layout; 8-dim action statistics come from the tiny checkpoint)."""
+    """The tiny test model, the learning run's from-scratch ``small`` model, or the full openvla-7b tree with
+    random weights (the tiny tokenizer keeps the real id layout; 8-dim action statistics come from the tiny
+    checkpoint)."""
     from crane_x7_vla.models import OpenVLA, OpenVLAConfig, load_vla, make_tiny_checkpoint
     from crane_x7_vla.models.presets import OPENVLA_7B
 
@@ -211,6 +219,11 @@ def build_vla(name: str, device: torch.device, dtype: torch.dtype) -> Any:
     small = load_vla(make_tiny_checkpoint(tmp / "tiny", action_dim=ACTION_DIM), device="cpu")
     if name == "tiny":
         return small.to(device=device, dtype=dtype)
+    if name == "small":
+        from crane_x7_vla_rl.sft.trainer import SMALL_PRESETS, build_small_model
+
+        key = next(iter(small.norm_stats))
+        return build_small_model(SMALL_PRESETS["small"], small.norm_stats, key, seed=0).to(device=device, dtype=dtype)
     cfg = copy.deepcopy(OPENVLA_7B)
     cfg["norm_stats"] = small.norm_stats
     torch.manual_seed(0)
@@ -283,10 +296,34 @@ def ppo_update(policy: VLAActorCritic, optimizer: torch.optim.Optimizer, batch: 
     return {"samples": float(samples), "transitions": float(size), "approx_kl_mean": float(np.mean(kls))}
 
 
+def profile_update(policy: VLAActorCritic, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
+                   args: argparse.Namespace, autocast: Callable[[], Any], device: torch.device) -> dict[str, Any]:
+    """The update once more under torch.profiler: its wall time, CUDA kernel time (total and by kind), and the
+    fraction of the wall clock the device was busy."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from profile_engine import cuda_ms_by_kind  # type: ignore[import-not-found]
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        ppo_update(policy, optimizer, batch, args, autocast, device)
+        if cuda:
+            torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - t0) * 1e3
+    kinds = cuda_ms_by_kind(prof.key_averages())
+    kernel_ms = sum(kinds.values())
+    return {"wall_ms": round(wall_ms, 1), "cuda_kernel_ms": round(kernel_ms, 1),
+            "device_busy": round(kernel_ms / wall_ms, 3) if cuda else None,
+            "cuda_kernel_ms_by_kind": {k: round(v, 1) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}}
+
+
 # --- main --------------------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=("tiny", "openvla-7b"), default="tiny")
+    ap.add_argument("--model", choices=("tiny", "small", "openvla-7b"), default="tiny",
+                    help="small: the ~53M model of the learning run (224 px frames)")
     ap.add_argument("--simulator", default="mujoco", help="mujoco, maniskill, genesis, or none (synthetic frames)")
     ap.add_argument("--backend", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--num-envs", type=int, default=2)
@@ -301,6 +338,9 @@ def main() -> None:
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up act + backward")
     ap.add_argument("--engine", choices=("auto", "on", "off"), default="auto",
                     help="act through the static-cache engine (auto: on CUDA), as rollout.engine")
+    ap.add_argument("--profile-update", action="store_true",
+                    help="run the update again under torch.profiler: CUDA kernel time against wall time "
+                         "(needs PYTHONPATH=src:bench)")
     args = ap.parse_args()
     if args.num_envs < 1 or args.steps < 1:
         ap.error("--num-envs and --steps must be >= 1")
@@ -357,6 +397,7 @@ def main() -> None:
     rollout_peak = torch.cuda.max_memory_allocated() if cuda else 0
     with timer("update"):
         upd = ppo_update(policy, optimizer, batch, args, autocast, device)
+    profiled = profile_update(policy, optimizer, batch, args, autocast, device) if args.profile_update else None
     sim.close()
 
     s = timer.seconds
@@ -414,6 +455,8 @@ def main() -> None:
         "peak_tflops": args.peak_tflops,
         "memory_plan_gib": plan.breakdown_gib(),
     }
+    if profiled is not None:
+        result["update_profile"] = profiled
     if cuda:
         free, total = torch.cuda.mem_get_info()
         result.update({
