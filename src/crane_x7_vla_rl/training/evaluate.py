@@ -63,6 +63,10 @@ def summarize(results: list[EpisodeResult]) -> EvalSummary:
     )
 
 
+# --video-per-outcome records at most this many batches: an outcome rarer than that is not worth the renders
+PER_OUTCOME_BATCHES = 4
+
+
 def evaluate_policy(collector: RolloutCollector, num_episodes: int, seed: int, *, temperature: float,
                     num_videos: int = 0, camera: str = "third_person",
                     one_per_outcome: bool = False) -> list[EpisodeResult]:
@@ -71,8 +75,9 @@ def evaluate_policy(collector: RolloutCollector, num_episodes: int, seed: int, *
     Videos: the first ``num_videos`` episodes keep their frames; with ``one_per_outcome`` instead, the first
     successful and the first failed episode of this very evaluation do. Replaying a chosen seed later is no
     substitute: on a GPU the batch size changes the bf16 kernels, a greedy token can flip, and the replayed
-    episode need not end as it did in the evaluation. Whole batches are recorded until both outcomes have
-    frames (rendering is batched anyway; the cost is memory for one batch), then only those two are kept.
+    episode need not end as it did in the evaluation. Whole batches are recorded (rendering is batched anyway)
+    until both outcomes have frames, for at most ``PER_OUTCOME_BATCHES`` batches; after each batch only the
+    frames of the two kept episodes stay in memory.
 
     Greedy evaluation (temperature 0) draws no random numbers; sampled evaluation uses its own generator, so
     evaluating never disturbs the training run's random streams.
@@ -83,19 +88,18 @@ def evaluate_policy(collector: RolloutCollector, num_episodes: int, seed: int, *
     batch = 0
     while len(results) < num_episodes:
         if one_per_outcome:
-            record = 0 if len(first_per_outcome(results)) == 2 else n
+            record = 0 if len(first_per_outcome(results)) == 2 or batch >= PER_OUTCOME_BATCHES else n
         else:
             record = max(0, min(n, num_videos - len(results)))
         results.extend(collector.run_episodes(seed + batch * n, gen, temperature=temperature, record=record,
                                               camera=camera))
         batch += 1
-    results = results[:num_episodes]
-    if one_per_outcome:
-        keep = set(first_per_outcome(results).values())
-        for i, r in enumerate(results):
-            if i not in keep:
-                r.frames = []
-    return results
+        if one_per_outcome:
+            keep = set(first_per_outcome(results[:num_episodes]).values())
+            for i, r in enumerate(results):
+                if i not in keep:
+                    r.frames = []
+    return results[:num_episodes]
 
 
 def first_per_outcome(results: list[EpisodeResult]) -> dict[bool, int]:

@@ -105,7 +105,8 @@ def _seed_simulator() -> type:
     return SeedOutcomeSimulator
 
 
-def test_one_video_per_outcome_comes_from_the_evaluation_itself(rl_tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_one_video_per_outcome_comes_from_the_evaluation_itself(rl_tiny_ckpt: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The first failure and the first success of the measured episodes keep their frames, nothing else does,
     and recording stops once both are in hand (no replay of a seed, which need not end the same way)."""
     import torch
@@ -114,6 +115,7 @@ def test_one_video_per_outcome_comes_from_the_evaluation_itself(rl_tiny_ckpt: Pa
     from crane_x7_vla.models import load_vla
     from crane_x7_vla_rl.policy import VLAActorCritic
     from crane_x7_vla_rl.rollout.collector import RolloutCollector
+    from crane_x7_vla_rl.training import evaluate
     from crane_x7_vla_rl.training.evaluate import evaluate_policy, first_per_outcome, save_videos
 
     sim = _seed_simulator()(SimulatorConfig(num_envs=4, image_size=(56, 56)))
@@ -134,3 +136,9 @@ def test_one_video_per_outcome_comes_from_the_evaluation_itself(rl_tiny_ckpt: Pa
     assert sim.renders == renders_after_two_batches
     paths = save_videos(results, tmp_path, None, fps=10.0)
     assert sorted(p.name for p in paths) == ["eval_ep00_failure.mp4", "eval_ep06_success.mp4"]
+    # Recording is capped: with one batch allowed, the success of batch 1 gets no video (and no render).
+    monkeypatch.setattr(evaluate, "PER_OUTCOME_BATCHES", 1)
+    sim.renders = 0
+    capped = evaluate_policy(collector, 12, 0, temperature=0.0, one_per_outcome=True)
+    assert [i for i, r in enumerate(capped) if r.frames] == [0]
+    assert 0 < sim.renders < renders_after_two_batches
