@@ -99,3 +99,29 @@ def test_prepare_inputs_appends_29871_and_bos(tiny_model: OpenVLA, images: list[
         tiny_model.prepare_inputs(images[:2], ["go"])
     with pytest.raises(TypeError, match="sequence of strings"):
         tiny_model.prepare_inputs(images[:1], "go")  # type: ignore[arg-type]
+
+
+def test_prompt_ids_are_cached_per_instruction_and_bounded(tiny_model: OpenVLA,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from crane_x7_vla.models import openvla
+    from crane_x7_vla.models.processing import build_prompt, prompt_token_ids, underline_token_id
+
+    tok = tiny_model.tokenizer
+    direct = prompt_token_ids(tok, build_prompt("pick up the red block"), underline_token_id(tok))
+    calls = []
+    real = type(tok).__call__
+
+    def counting(self: object, text: str, *args: object, **kwargs: object) -> object:
+        calls.append(text)
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(tok), "__call__", counting)  # dunder calls look the method up on the class
+    tiny_model._prompt_ids.clear()
+    ids, _ = tiny_model.prepare_text(["pick up the red block"] * 64)
+    assert ids[0].tolist() == direct and (ids == ids[0]).all()  # the same ids as tokenizing directly
+    assert len(calls) == 1  # one tokenization for 64 samples of one instruction
+    monkeypatch.setattr(openvla, "PROMPT_CACHE_SIZE", 4)
+    tiny_model.prepare_text([f"task {i}" for i in range(10)])
+    assert len(tiny_model._prompt_ids) <= 4  # free-text instructions never grow it without bound
+    with pytest.raises(ValueError, match="non-empty"):
+        tiny_model.prepare_text(["  "])

@@ -45,6 +45,9 @@ def llama_config(text_config: dict[str, Any]) -> LlamaConfig:
     return cfg
 
 
+PROMPT_CACHE_SIZE = 256  # distinct instructions whose prompt ids are kept
+
+
 class OpenVLA(VLABase):
     def __init__(
         self,
@@ -65,6 +68,9 @@ class OpenVLA(VLABase):
         self.image_transform = ImageTransform(config.vision_towers, config.image_resize_strategy)
         # v01 checkpoints (Vicuna backbone) use the chat-style prompt.
         self.prompt_style = "v01" if config.llm_backbone_id.startswith("vicuna") else "pure"
+        # Prompt ids per instruction: a robot (or a PPO minibatch of 128 samples) repeats a handful of
+        # instructions, and tokenizing each one again costs ~50 us of host time per sample.
+        self._prompt_ids: dict[str, list[int]] = {}
 
     def action_token_ids(self) -> Tensor:
         """The vocabulary ids of the action bins, ascending ([n_bins] long, on the model's device)."""
@@ -88,9 +94,18 @@ class OpenVLA(VLABase):
         """Instructions -> left-padded (input_ids [B,L], attention_mask [B,L]) on the CPU."""
         if self.tokenizer is None:
             raise RuntimeError("this OpenVLA has no tokenizer; load it with load_vla(path)")
-        underline = underline_token_id(self.tokenizer)
-        ids = [prompt_token_ids(self.tokenizer, build_prompt(t, self.prompt_style), underline) for t in instructions]
-        return left_pad(ids, self.config.pad_token_id)
+        return left_pad([self._instruction_ids(t) for t in instructions], self.config.pad_token_id)
+
+    def _instruction_ids(self, instruction: str) -> list[int]:
+        ids = self._prompt_ids.get(instruction)
+        if ids is None:
+            assert self.tokenizer is not None
+            ids = prompt_token_ids(self.tokenizer, build_prompt(instruction, self.prompt_style),
+                                   underline_token_id(self.tokenizer))
+            if len(self._prompt_ids) >= PROMPT_CACHE_SIZE:  # free-text instructions: keep the cache bounded
+                self._prompt_ids.clear()
+            self._prompt_ids[instruction] = ids
+        return ids
 
     # ---------------------------------------------------------------- forward pieces
     def embed_multimodal(self, inputs: ModelInputs) -> tuple[Tensor, Tensor, Tensor]:
