@@ -92,14 +92,15 @@ class OpenVLA(VLABase):
 
     def prepare_text(self, instructions: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Instructions -> left-padded (input_ids [B,L], attention_mask [B,L]) on the CPU."""
-        if self.tokenizer is None:
-            raise RuntimeError("this OpenVLA has no tokenizer; load it with load_vla(path)")
-        return left_pad([self._instruction_ids(t) for t in instructions], self.config.pad_token_id)
+        return left_pad([self.prompt_ids(t) for t in instructions], self.config.pad_token_id)
 
-    def _instruction_ids(self, instruction: str) -> list[int]:
+    def prompt_ids(self, instruction: str) -> list[int]:
+        """BOS + the prompt of ``instruction`` (+ "▁"): what the model reads before the action tokens, the same
+        for inference, RL and SFT (cached per instruction; do not modify the returned list)."""
         ids = self._prompt_ids.get(instruction)
         if ids is None:
-            assert self.tokenizer is not None
+            if self.tokenizer is None:
+                raise RuntimeError("this OpenVLA has no tokenizer; load it with load_vla(path)")
             ids = prompt_token_ids(self.tokenizer, build_prompt(instruction, self.prompt_style),
                                    underline_token_id(self.tokenizer))
             if len(self._prompt_ids) >= PROMPT_CACHE_SIZE:  # free-text instructions: keep the cache bounded

@@ -39,7 +39,6 @@ from crane_x7_vla.models.config import DINO_MEAN, DINO_STD, SIGLIP_MEAN, SIGLIP_
 from crane_x7_vla.models.loading import load_vla, save_pretrained
 from crane_x7_vla.models.normalization import ActionStats
 from crane_x7_vla.models.openvla import OpenVLA
-from crane_x7_vla.models.processing import build_prompt, prompt_token_ids, underline_token_id
 from crane_x7_vla.models.tiny import TINY_TEXT_CONFIG, build_llama_style_tokenizer
 from crane_x7_vla.utils.atomic import atomic_directory, write_text_atomic
 from crane_x7_vla_rl.sft.dataset import (
@@ -445,10 +444,8 @@ def train(cfg: SFTConfig, resume: bool = False, progress: Callable[[dict[str, An
     action_stats = ActionStats.from_stats(stats[cfg.unnorm_key], cfg.unnorm_key)
     tokens = action_token_ids(frames.actions, action_stats, ActionTokenizer(model.config.vocab_size_without_pad,
                                                                            model.config.n_action_bins))  # (N, D)
-    tok = model.tokenizer
-    underline = underline_token_id(tok)
-    prompts = {t: prompt_token_ids(tok, build_prompt(t, model.prompt_style), underline) for t in set(frames.instructions)}
-    eos = int(tok.eos_token_id)
+    prompts = {t: model.prompt_ids(t) for t in set(frames.instructions)}  # the prompts inference builds
+    eos = int(model.tokenizer.eos_token_id)
     pixels = resized_frames(model, frames.images, device)  # [N,S,S,3] uint8, resized once, kept on the device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
