@@ -29,7 +29,6 @@ import torch
 from crane_x7_vla.models.config import DINO_MEAN, DINO_STD, SIGLIP_MEAN, SIGLIP_STD, ViTConfig
 from crane_x7_vla.models.processing import (
     ImageTransform,
-    _resize_pool,
     build_prompt,
     left_pad,
     prompt_token_ids,
@@ -71,10 +70,8 @@ def main() -> None:
             return transform.normalize([torch.from_numpy(np.stack([r[i] for r in per_image]))
                                         for i in range(len(towers))])
 
-        def pooled(frames: list[np.ndarray] = frames) -> torch.Tensor:
-            per_image = list(_resize_pool().map(transform.resized, frames))  # the PIL path of batch()
-            return transform.normalize([torch.from_numpy(np.stack([r[i] for r in per_image]))
-                                        for i in range(len(towers))])
+        def pooled(frames: list[np.ndarray] = frames) -> torch.Tensor:  # the PIL path of batch()
+            return transform.normalize([torch.from_numpy(p) for p in transform.resized_batch(frames)])
 
         def batch(frames: list[np.ndarray] = frames) -> torch.Tensor:
             return transform.batch(frames, "cpu")
@@ -83,9 +80,7 @@ def main() -> None:
         out[f"b{b}_serial_ms"] = round(timed_ms(serial, args.repeats), 2)
         out[f"b{b}_threads_ms"] = round(timed_ms(pooled, args.repeats), 2)
         if args.frame == 224:  # the host part only: with a GPU device the normalisation runs there
-            out[f"b{b}_host_pil_ms"] = round(timed_ms(
-                lambda f=frames: [np.stack([r[i] for r in _resize_pool().map(transform.resized, f)])
-                                  for i in range(len(towers))], args.repeats), 2)
+            out[f"b{b}_host_pil_ms"] = round(timed_ms(lambda f=frames: transform.resized_batch(f), args.repeats), 2)
             out[f"b{b}_host_pil_free_ms"] = round(timed_ms(lambda f=frames: np.stack(f), args.repeats), 2)
             texts = [INSTRUCTION] * b  # a PPO minibatch repeats its few instructions
 

@@ -159,10 +159,13 @@ class ImageTransform:
             # square image of the target size as it is (PIL's resize returns a copy), so skip PIL altogether and
             # send one stacked uint8 array: the same pixels, without the per-frame PIL round trip.
             return self.normalize([torch.from_numpy(np.stack(arrays)).to(device)])
+        return self.normalize([torch.from_numpy(p).to(device) for p in self.resized_batch(images)])
+
+    def resized_batch(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
+        """Per tower, the batch's PIL-resized uint8 [B,H,W,3] pixels; the frames are resized in parallel threads."""
         per_image = (list(_resize_pool().map(self.resized, images)) if len(images) > 1
                      else [self.resized(im) for im in images])
-        return self.normalize([torch.from_numpy(np.stack([r[i] for r in per_image])).to(device)
-                               for i in range(len(self.towers))])
+        return [np.stack([r[i] for r in per_image]) for i in range(len(self.towers))]
 
     def normalize(self, pixels: Sequence[Tensor]) -> Tensor:
         """Already-resized uint8 [B,H,W,3] pixels (one tensor per tower, or one shared by all) -> [B,3T,H,W]."""
