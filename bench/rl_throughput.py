@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib.metadata
 import json
 import math
 import tempfile
@@ -341,6 +342,9 @@ def main() -> None:
     ap.add_argument("--profile-update", action="store_true",
                     help="run the update again under torch.profiler: CUDA kernel time against wall time "
                          "(needs PYTHONPATH=src:bench)")
+    ap.add_argument("--peft-input-cast", action="store_true",
+                    help="keep peft's cast of every adapter input to the fp32 LoRA dtype under autocast too "
+                         "(the behaviour before VLAActorCritic skipped it), for comparison")
     args = ap.parse_args()
     if args.num_envs < 1 or args.steps < 1:
         ap.error("--num-envs and --steps must be >= 1")
@@ -354,6 +358,10 @@ def main() -> None:
     vla = build_vla(args.model, device, dtype)
     policy = VLAActorCritic(vla, lora_rank=args.lora_rank, lora_alpha=16, value_head_hidden=512,
                             gradient_checkpointing=args.activation_checkpointing)
+    if args.peft_input_cast:
+        for m in policy._lora_layers:
+            setattr(m, "cast_input_dtype_enabled", True)  # noqa: B010 (a peft attribute)
+        policy._match_lora_input_cast = lambda device: None  # type: ignore[method-assign]
     use_engine = acts_through_engine(args.engine, device, vla)
     if use_engine:
         policy.enable_engine(args.num_envs)  # graph captured by the warm-up act below
@@ -427,7 +435,9 @@ def main() -> None:
 
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "torch": torch.__version__, "model": args.model, "params_b": round(dims.total_params() / 1e9, 4),
+        "torch": torch.__version__, "peft": importlib.metadata.version("peft"),
+        "lora_input_cast": "peft (always)" if args.peft_input_cast else "outside autocast only",
+        "model": args.model, "params_b": round(dims.total_params() / 1e9, 4),
         "lora_params_m": round(dims.lora_params(args.lora_rank) / 1e6, 3), "lora_dtype": str(
             next(iter(policy.lora_parameters())).dtype), "simulator": args.simulator,
         "backend": args.backend if args.simulator != "none" else f"synthetic frames on {device.type}",

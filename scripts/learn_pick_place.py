@@ -211,12 +211,18 @@ class Workflow:
         if not config.is_file():
             with atomic_path(config) as tmp:
                 tmp.write_text(rl_yaml(s, self.device))
+        # The trainer stops itself at an update boundary, the checkpoint and the simulator processes closed; the
+        # timeout is only the backstop (a killed trainer leaves its workers' shared memory behind).
         cmd = [*self.rl_cli, "train", "--config", str(config), "--output-dir", str(out_dir),
-               "--experiment-name", RL_NAME, "--num-updates", str(s.rl_updates)]
+               "--experiment-name", RL_NAME, "--num-updates", str(s.rl_updates),
+               "--max-seconds", str(max(self.step_seconds - 30, 30))]
         cmd += ["--resume", str(latest)] if latest.is_dir() else ["--sft-checkpoint", str(self.work / "sft" /
                                                                                       "checkpoint_latest")]
         out = run(cmd, self.step_seconds, self.logs / "rl.log")
         print(f"rl: {json.dumps({k: out.get(k) for k in ('run_dir', 'updates', 'best_success')})}")
+        if out.get("out_of_time"):
+            raise StepIncomplete(f"rl stopped at its time budget after update {out['updates']} of "
+                                 f"{s.rl_updates}; run the same command again to continue")
 
     def eval_rl(self) -> None:
         self._evaluate("eval_rl", self.work / "rl" / RL_NAME / "checkpoint_latest")

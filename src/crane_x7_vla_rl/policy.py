@@ -116,6 +116,10 @@ class VLAActorCritic(nn.Module):
         # autocast keeps the matmuls in bf16.
         for p in self.lora_parameters():
             p.data = p.data.float()
+        # peft's LoRA layers that can skip casting their input to the adapter dtype (peft >= 0.15)
+        self._lora_layers = [m for m in self.vla.modules()
+                             if hasattr(m, "lora_A") and hasattr(m, "cast_input_dtype_enabled")]
+        self._lora_input_cast = True  # peft's default
         hidden = _hidden_size(vla)
         ref = next(vla.parameters())
         self.value_head = ValueHead(hidden, value_head_hidden).to(ref.device)
@@ -181,10 +185,27 @@ class VLAActorCritic(nn.Module):
             for m in layers:
                 setattr(m, "gradient_checkpointing", True)  # noqa: B010
 
+    def _match_lora_input_cast(self, device: torch.device) -> None:
+        """Cast each adapter's input to the fp32 LoRA weights' dtype only where it is needed.
+
+        Under autocast, peft's cast is pure overhead: autocast casts the fp32 copy straight back to bf16 for the
+        adapter's matmul (bf16 -> fp32 -> bf16 is exact, so outputs and gradients are bit-identical either way),
+        and it costs two full-size activation copies per adapted layer, forward and backward. Outside autocast
+        (fp32 on CPU, or a bf16 model run without autocast) the cast is what makes the dtypes match, so it stays.
+        """
+        cast = not torch.is_autocast_enabled(device.type)
+        if cast != self._lora_input_cast:
+            for m in self._lora_layers:
+                setattr(m, "cast_input_dtype_enabled", cast)  # noqa: B010 (a peft attribute mypy cannot see)
+            self._lora_input_cast = cast
+
     # --- acting / evaluating -----------------------------------------------------------------------------
     def prepare(self, images: Sequence[np.ndarray] | np.ndarray, instructions: Sequence[str]) -> Any:
-        """images: (N, H, W, 3) uint8, or (N, history, H, W, 3) for multi-frame models (oldest frame first)."""
+        """images: (N, H, W, 3) uint8, or (N, history, H, W, 3) for multi-frame models (oldest frame first).
+
+        Every forward of the policy (act, value, evaluate_actions) starts here."""
         device = next(self.value_head.parameters()).device
+        self._match_lora_input_cast(device)
         samples: list[Any] = ([list(x) for x in images] if isinstance(images, np.ndarray) and images.ndim == 5
                               else list(images))
         return self.vla.prepare_inputs(samples, list(instructions)).to(device)  # type: ignore[operator]

@@ -213,3 +213,23 @@ def test_the_report_shows_this_runs_videos_only(script: ModuleType, tmp_path: Pa
     text = (docs / "results.md").read_text()
     assert "results/rl_failure.mp4" in text and "rl_success" not in text
     assert "| SFT + PPO | 20/100 = 0.200 |" in text
+
+
+def test_rl_stops_itself_before_the_timeout_and_reports_unfinished(script: ModuleType, tmp_path: Path) -> None:
+    """The trainer gets a --max-seconds inside the step's timeout; its out_of_time answer means "rerun"."""
+    calls: list[tuple[list[str], float]] = []
+    answer = {"run_dir": "r", "updates": 7, "best_success": 0.0, "out_of_time": True}
+
+    def run(cmd: list[str], timeout: float, log_path: Path) -> dict[str, object]:
+        calls.append((cmd, timeout))
+        return answer
+
+    script.run = run
+    flow = script.Workflow(tmp_path, script.QUICK, "cpu", 300.0, tmp_path / "docs")
+    with pytest.raises(script.StepIncomplete, match="after update 7"):
+        flow.rl()
+    cmd, timeout = calls[0]
+    assert float(cmd[cmd.index("--max-seconds") + 1]) < timeout == 300.0
+    assert "--sft-checkpoint" in cmd  # no RL checkpoint yet
+    answer["out_of_time"] = False
+    flow.rl()  # finished: no exception

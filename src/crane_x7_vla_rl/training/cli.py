@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--use-wandb", action="store_true")
     train.add_argument("--wandb-project")
     train.add_argument("--resume", help="checkpoint directory to resume from")
+    train.add_argument("--max-seconds", type=float,
+                       help="stop before an update that would end past this many seconds since start (the first "
+                            "always runs), the last one checkpointed (--resume continues); not saved in the config")
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint with fixed seeds")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--num-episodes", type=int, default=20)

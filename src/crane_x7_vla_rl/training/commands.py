@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,10 @@ def train(args: argparse.Namespace) -> int:
     _setup_logging()
     from crane_x7_vla_rl.training import checkpoint as ckpt
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume")}
+    deadline = None if args.max_seconds is None else time.monotonic() + args.max_seconds
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        return _fail(f"--max-seconds must be > 0, got {args.max_seconds}")
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "max_seconds")}
     resume = Path(args.resume) if args.resume else None
     try:
         base: dict[str, Any] | None = None
@@ -52,9 +56,10 @@ def train(args: argparse.Namespace) -> int:
             return _fail(str(exc))
         if trainer.dist.is_main:
             log.info("run directory: %s (%d rank(s))", trainer.run_dir, trainer.dist.world_size)
-        last = trainer.train()
+        last = trainer.train(deadline=deadline)
         if trainer.dist.is_main:  # one summary line per run, not per rank
             print(json.dumps({"run_dir": str(trainer.run_dir), "updates": trainer.state.update,
+                              "num_updates": config.num_updates, "out_of_time": trainer.out_of_time,
                               "best_success": trainer.state.best_success, "world_size": trainer.dist.world_size,
                               **{k: v for k, v in last.items() if k.startswith(("charts/", "eval/"))}}))
     finally:

@@ -157,6 +157,7 @@ class Trainer:
                 rederive_rng=lambda u: distributed.seed_global_rngs(derived_seed(self.rank_seed, u, 3)))
             log.info("resumed from %s at update %d", resume, self.state.update)
         self.instructions: list[str] = []
+        self.out_of_time = False  # train() stopped at its deadline
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if self.device.type == "cuda" and config.bf16 else nullcontext())
         self.dist.wrap(self.policy, d.strategy, train_value_head=p.algorithm == "ppo")
@@ -345,7 +346,9 @@ class Trainer:
         return summarize(results)
 
     # --- main loop -------------------------------------------------------------------------------------------
-    def train(self) -> dict[str, Any]:
+    def train(self, deadline: float | None = None) -> dict[str, Any]:
+        """Run updates until ``num_updates`` (or the stop rule); with ``deadline`` (``time.monotonic()``), stop
+        before an update that would end past it, as long as the last one took, with that update saved."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         c = self.config
@@ -395,7 +398,11 @@ class Trainer:
                     progress.update(task, advance=1, description=desc)
                     stop = (c.stop_success_rate is not None and "eval/success_rate" in metrics
                             and metrics["eval/success_rate"] >= c.stop_success_rate)
-                    if stop and not (numbered or is_best or self.state.update == c.num_updates):
+                    if deadline is not None and self.state.update < c.num_updates:
+                        # every rank decides alike (a sum of votes), so they leave the loop together
+                        late = float(time.monotonic() + (time.perf_counter() - t0) > deadline)
+                        self.out_of_time = (self.dist.sum([late])[0] if self.dist.enabled else late) > 0
+                    if (stop or self.out_of_time) and not (numbered or is_best or self.state.update == c.num_updates):
                         self.save(numbered=False, best=False)
                     log_now = self.state.update % c.log_interval == 0 or self.state.update == c.num_updates or stop
                     if log_now and self.dist.is_main:
@@ -404,7 +411,10 @@ class Trainer:
                     if stop and self.dist.is_main:
                         log.info("eval success %.2f >= stop_success_rate %.2f: stopping",
                                  metrics["eval/success_rate"], c.stop_success_rate)
-                    if stop:
+                    if self.out_of_time and self.dist.is_main:
+                        log.info("stopping at update %d: the next one would end past --max-seconds (the "
+                                 "checkpoint is saved; --resume continues)", self.state.update)
+                    if stop or self.out_of_time:
                         break
         finally:
             self.logger.close()

@@ -130,3 +130,31 @@ def test_train_through_the_engine_stores_the_log_probs_ppo_recomputes(rl_tiny_ck
     from crane_x7_vla_rl.training.checkpoint import load_config
 
     assert load_config(run / "checkpoint_latest").rollout.engine == "on"
+
+
+def test_max_seconds_stops_at_an_update_with_it_saved_and_resume_finishes(rl_tiny_ckpt: Path,
+                                                                          tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    # save_interval 10: the update the time limit stops at is saved by the stop itself
+    cfg.write_text("device: cpu\neval_interval: 10\nsave_interval: 10\nlora_rank: 4\n"
+                   "rollout:\n  max_steps: 2\n  image_size: [56, 56]\nppo:\n  minibatch_size: 4\n  num_epochs: 1\n")
+    common = ["--simulator", "mujoco", "--backend", "cpu", "--num-parallel-envs", "2", "--num-updates", "3",
+              "--num-rollouts", "2", "--output-dir", str(tmp_path)]
+    proc = _run(["train", "--config", str(cfg), "--pretrained", str(rl_tiny_ckpt), *common, "--max-seconds", "0.01"])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["out_of_time"] is True and out["updates"] == 1 and out["num_updates"] == 3  # the first always runs
+    latest = tmp_path / "crane_x7_vla_rl" / "checkpoint_latest"
+    assert json.loads((latest / "trainer_state.json").read_text())["update"] == 1
+    assert "past --max-seconds" in proc.stderr  # the log says why it stopped
+    assert "max_seconds:" not in (latest / "config.yaml").read_text()  # a limit of that invocation only
+
+    proc = _run(["train", "--config", str(cfg), "--resume", str(latest), *common, "--max-seconds", "3600"])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["out_of_time"] is False and out["updates"] == 3
+    assert json.loads((latest / "trainer_state.json").read_text())["update"] == 3
+
+
+def test_max_seconds_must_be_positive(rl_tiny_ckpt: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([*CLI, "train", "--pretrained", str(rl_tiny_ckpt), "--max-seconds", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--max-seconds must be > 0" in proc.stderr
