@@ -33,9 +33,9 @@ def train(args: argparse.Namespace) -> int:
     _setup_logging()
     from crane_x7_vla_rl.training import checkpoint as ckpt
 
-    deadline = None if args.max_seconds is None else time.monotonic() + args.max_seconds
     if args.max_seconds is not None and args.max_seconds <= 0:
         return _fail(f"--max-seconds must be > 0, got {args.max_seconds}")
+    deadline = None if args.max_seconds is None else time.monotonic() + args.max_seconds
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "max_seconds")}
     resume = Path(args.resume) if args.resume else None
     try:

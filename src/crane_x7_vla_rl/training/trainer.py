@@ -401,7 +401,7 @@ class Trainer:
                     if deadline is not None and self.state.update < c.num_updates:
                         # every rank decides alike (a sum of votes), so they leave the loop together
                         late = float(time.monotonic() + (time.perf_counter() - t0) > deadline)
-                        self.out_of_time = (self.dist.sum([late])[0] if self.dist.enabled else late) > 0
+                        self.out_of_time = self.dist.sum([late])[0] > 0
                     if (stop or self.out_of_time) and not (numbered or is_best or self.state.update == c.num_updates):
                         self.save(numbered=False, best=False)
                     log_now = self.state.update % c.log_interval == 0 or self.state.update == c.num_updates or stop
