@@ -119,7 +119,6 @@ class VLAActorCritic(nn.Module):
         # peft's LoRA layers that can skip casting their input to the adapter dtype (peft >= 0.15)
         self._lora_layers = [m for m in self.vla.modules()
                              if hasattr(m, "lora_A") and hasattr(m, "cast_input_dtype_enabled")]
-        self._lora_input_cast = True  # peft's default
         hidden = _hidden_size(vla)
         ref = next(vla.parameters())
         self.value_head = ValueHead(hidden, value_head_hidden).to(ref.device)
@@ -194,10 +193,10 @@ class VLAActorCritic(nn.Module):
         (fp32 on CPU, or a bf16 model run without autocast) the cast is what makes the dtypes match, so it stays.
         """
         cast = not torch.is_autocast_enabled(device.type)
-        if cast != self._lora_input_cast:
+        # the layers are always switched together, so the first one tells their state
+        if self._lora_layers and self._lora_layers[0].cast_input_dtype_enabled != cast:
             for m in self._lora_layers:
                 setattr(m, "cast_input_dtype_enabled", cast)  # noqa: B010 (a peft attribute mypy cannot see)
-            self._lora_input_cast = cast
 
     # --- acting / evaluating -----------------------------------------------------------------------------
     def prepare(self, images: Sequence[np.ndarray] | np.ndarray, instructions: Sequence[str]) -> Any:
