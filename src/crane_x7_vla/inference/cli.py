@@ -63,10 +63,32 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
+def share_policy(policy: Any, settings: InferenceSettings) -> Any:
+    """One policy for several robots: continuous batching over the engine (every step decodes all running
+    requests and admits new ones, see models/continuous.py; ``load_policy`` serves with the engine on CUDA),
+    else synchronous batches with a bounded wait (``batch_wait_ms``)."""
+    from crane_x7_vla.models.engine import OpenVLAEngine
+
+    robots = len(settings.robots)
+    if isinstance(policy, OpenVLAEngine):
+        from crane_x7_vla.models.continuous import ContinuousBatcher
+
+        batcher = ContinuousBatcher(policy, slots=robots, unnorm_key=settings.unnorm_key, start=False)
+        log.info("serving %d robots with continuous batching; capturing the step graphs ...", robots)
+        batcher.warmup(settings.instruction)
+        batcher.start()
+        return batcher
+    from crane_x7_vla.models.batcher import BatchedPolicy
+
+    log.info("serving %d robots with batched model calls (wait <= %.1f ms)", robots, settings.batch_wait_ms)
+    return BatchedPolicy(policy, max_batch=robots, max_wait_s=settings.batch_wait_ms / 1e3,
+                         unnorm_key=settings.unnorm_key)
+
+
 async def serve(settings: InferenceSettings, policy: Any, stop: asyncio.Event | None = None) -> int:
     """Serve every configured robot with a real :class:`RosbridgeClient` each until ``stop`` (or a signal).
 
-    With several robots, one :class:`~crane_x7_vla.models.batcher.BatchedPolicy` coalesces their model calls;
+    With several robots, one shared policy (:func:`share_policy`) coalesces their model calls;
     each robot keeps its own tick loop, status and reconnects, and one unreachable robot does not stop the
     others. Returns 1 if any robot's link failed for good."""
     from crane_x7_vla.bridge.client import RosbridgeClient
@@ -74,13 +96,7 @@ async def serve(settings: InferenceSettings, policy: Any, stop: asyncio.Event | 
 
     stop = stop or asyncio.Event()
     install_stop_handlers(stop)
-    shared = policy
-    if len(settings.robots) > 1:
-        from crane_x7_vla.models.batcher import BatchedPolicy
-
-        shared = BatchedPolicy(policy, max_batch=len(settings.robots), max_wait_s=settings.batch_wait_ms / 1e3)
-        log.info("serving %d robots with batched model calls (wait <= %.1f ms)", len(settings.robots),
-                 settings.batch_wait_ms)
+    shared = share_policy(policy, settings) if len(settings.robots) > 1 else policy
     services = []
     for host, port in settings.robots:
         client = RosbridgeClient(host, port, proxy=settings.rosbridge_proxy)

@@ -57,31 +57,28 @@ def stack_inputs(parts: Sequence[ModelInputs], pad_id: int) -> ModelInputs:
     return ModelInputs(torch.cat([p.pixel_values for p in parts]), ids, mask)
 
 
-class BatchedPolicy:
-    """Wrap a single-step policy (an ``OpenVLAEngine`` or an ``OpenVLA``) so concurrent callers share calls."""
+class SharedPolicy:
+    """The policy interface of a model shared by several robots' services: callers preprocess in their own
+    threads and block on a future; one worker thread (``_serve``, per subclass) runs the model for all of them
+    and resolves the futures with per-request latencies."""
 
-    def __init__(self, policy: Any, *, max_batch: int = 8, max_wait_s: float = 0.004,
-                 unnorm_key: str | None = None, history: int = 2000) -> None:
-        if max_batch < 1 or max_wait_s < 0:
-            raise ValueError(f"max_batch must be >= 1 and max_wait_s >= 0, got {max_batch} and {max_wait_s}")
-        for name in ("prepare_inputs", "predict_from_inputs"):
-            if not callable(getattr(policy, name, None)):
-                raise ValueError(f"batched serving needs a policy with {name}() (OpenVLA or its engine), "
-                                 f"not {type(policy).__name__}")
-        if callable(getattr(policy, "predict_action_chunk", None)) and int(getattr(policy, "chunk_size", 1)) > 1:
-            raise ValueError("batched multi-robot serving supports single-step policies; a chunked MiniVLA "
-                             "serves one robot per process")
+    def __init__(self, policy: Any, *, unnorm_key: str | None, history: int, thread_name: str,
+                 start: bool = True) -> None:
         config = getattr(policy, "config", None) or getattr(getattr(policy, "model", None), "config", None)
         self.pad_id = int(getattr(config, "pad_token_id", 0) or 0)
         self.policy = policy
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
         self.unnorm_key = unnorm_key
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._done: collections.deque[BatchedPrediction] = collections.deque(maxlen=history)
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="vla-batcher", daemon=True)
-        self._thread.start()
+        self._thread = threading.Thread(target=self._serve, name=thread_name, daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the worker thread (once; the constructor does it unless told not to)."""
+        if self._thread.ident is None and not self._closed:
+            self._thread.start()
 
     def __getattr__(self, name: str) -> Any:  # model_io and the service read the wrapped model's attributes
         if name in _NOT_FORWARDED or name.startswith("_") or name == "policy":  # "policy": not set yet
@@ -97,7 +94,7 @@ class BatchedPolicy:
         if unnorm_key is not None and unnorm_key != self.unnorm_key:
             # Rows of one shared call are unnormalised with one key: it is the batcher's, not the caller's.
             raise ValueError(f"this batcher unnormalises with unnorm_key={self.unnorm_key!r}, got {unnorm_key!r}; "
-                             "pass the key to BatchedPolicy(..., unnorm_key=...)")
+                             f"pass the key to {type(self).__name__}(..., unnorm_key=...)")
         rows = [self.submit(ModelInputs(inputs.pixel_values[i : i + 1], inputs.input_ids[i : i + 1],
                                         inputs.attention_mask[i : i + 1])) for i in range(inputs.batch_size)]
         return np.stack([f.result().action for f in rows])
@@ -115,6 +112,7 @@ class BatchedPolicy:
             raise RuntimeError("the batcher is closed")
         if inputs.batch_size != 1:
             raise ValueError(f"submit takes one request (batch 1), got {inputs.batch_size}")
+        self._check(inputs)
         fut: Future[BatchedPrediction] = Future()
         self._queue.put(_Request(inputs, time.perf_counter(), fut))
         return fut
@@ -134,7 +132,47 @@ class BatchedPolicy:
         if not self._closed:
             self._closed = True
             self._queue.put(None)
-            self._thread.join(timeout=5)
+            if self._thread.is_alive():
+                self._thread.join(timeout=5)
+            self._fail_queued()
+
+    # ------------------------------------------------------------------ for the worker
+    def _check(self, inputs: ModelInputs) -> None:
+        """Refuse a request the worker could not serve (in the caller's thread, with a clear error)."""
+
+    def _serve(self) -> None:
+        raise NotImplementedError
+
+    def _resolve(self, req: _Request, action: np.ndarray, batch_size: int, start: float, end: float) -> None:
+        done = BatchedPrediction(action, batch_size, start - req.submitted, end - start, end - req.submitted)
+        self._done.append(done)
+        req.future.set_result(done)
+
+    def _fail_queued(self) -> None:
+        """Fail what is still queued (arrived after close)."""
+        while not self._queue.empty():
+            req = self._queue.get_nowait()
+            if req is not None and not req.future.done():
+                req.future.set_exception(RuntimeError("the batcher is closed"))
+
+
+class BatchedPolicy(SharedPolicy):
+    """Wrap a single-step policy (an ``OpenVLAEngine`` or an ``OpenVLA``) so concurrent callers share calls."""
+
+    def __init__(self, policy: Any, *, max_batch: int = 8, max_wait_s: float = 0.004,
+                 unnorm_key: str | None = None, history: int = 2000) -> None:
+        if max_batch < 1 or max_wait_s < 0:
+            raise ValueError(f"max_batch must be >= 1 and max_wait_s >= 0, got {max_batch} and {max_wait_s}")
+        for name in ("prepare_inputs", "predict_from_inputs"):
+            if not callable(getattr(policy, name, None)):
+                raise ValueError(f"batched serving needs a policy with {name}() (OpenVLA or its engine), "
+                                 f"not {type(policy).__name__}")
+        if callable(getattr(policy, "predict_action_chunk", None)) and int(getattr(policy, "chunk_size", 1)) > 1:
+            raise ValueError("batched multi-robot serving supports single-step policies; a chunked MiniVLA "
+                             "serves one robot per process")
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        super().__init__(policy, unnorm_key=unnorm_key, history=history, thread_name="vla-batcher")
 
     # ------------------------------------------------------------------ the batcher thread
     def _collect(self, first: _Request) -> tuple[list[_Request], bool]:
@@ -153,7 +191,7 @@ class BatchedPolicy:
             batch.append(req)
         return batch, stop
 
-    def _run(self) -> None:
+    def _serve(self) -> None:
         stop = False
         while not stop:
             first = self._queue.get()
@@ -170,10 +208,4 @@ class BatchedPolicy:
                 continue
             end = time.perf_counter()
             for r, action in zip(batch, actions, strict=True):
-                done = BatchedPrediction(action, len(batch), start - r.submitted, end - start, end - r.submitted)
-                self._done.append(done)
-                r.future.set_result(done)
-        while not self._queue.empty():  # fail what arrived after close
-            req = self._queue.get_nowait()
-            if req is not None:
-                req.future.set_exception(RuntimeError("the batcher is closed"))
+                self._resolve(r, action, len(batch), start, end)

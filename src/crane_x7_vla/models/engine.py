@@ -82,25 +82,42 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _heads(qkv: Tensor, b: int, s: int, nh: int, nkv: int, hd: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused q/k/v projections [B*S or B,S, ...] -> q [B,nh,S,hd], k and v [B,nkv,S,hd]."""
+    q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+    return (q.reshape(b, s, nh, hd).transpose(1, 2), k.reshape(b, s, nkv, hd).transpose(1, 2),
+            v.reshape(b, s, nkv, hd).transpose(1, 2))
+
+
+def _rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    c, sn = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * c + _rotate_half(q) * sn, k * c + _rotate_half(k) * sn
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, nh: int, nkv: int) -> Tensor:
+    """SDPA of q [B,nh,S,hd] over k/v [B,nkv,T,hd] -> [B,S,nh*hd] (the o-projection's input)."""
+    att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nkv != nh)
+    b, _, s, hd = att.shape
+    return att.transpose(1, 2).reshape(b, s, nh * hd)
+
+
+def _mlp_residual(x: Tensor, att: Tensor, w: _LayerWeights) -> Tensor:
+    """The rest of a decoder layer after attention: o-projection + residual, RMSNorm, SiLU MLP + residual."""
+    x = x + F.linear(att, w.o)
+    h = _rms_norm(x, w.ln2, w.eps)
+    gate, up = F.linear(h, w.gate_up).chunk(2, dim=-1)
+    return x + F.linear(F.silu(gate) * up, w.down)
+
+
 def _layer_forward(x: Tensor, cos: Tensor, sin: Tensor, w: _LayerWeights, k_cache: Tensor, v_cache: Tensor,
                    cache_idx: Tensor, mask: Tensor, nh: int, nkv: int, hd: int) -> Tensor:
     """One Llama decoder layer over a static cache; x [B,S,H], cache_idx [S] slots to write, mask [B,1,S,Tmax]."""
     b, s, _ = x.shape
-    h = _rms_norm(x, w.ln1, w.eps)
-    q, k, v = F.linear(h, w.qkv).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-    q = q.view(b, s, nh, hd).transpose(1, 2)
-    k = k.view(b, s, nkv, hd).transpose(1, 2)
-    v = v.view(b, s, nkv, hd).transpose(1, 2)
-    c, sn = cos.unsqueeze(1), sin.unsqueeze(1)
-    q = q * c + _rotate_half(q) * sn
-    k = k * c + _rotate_half(k) * sn
+    q, k, v = _heads(F.linear(_rms_norm(x, w.ln1, w.eps), w.qkv), b, s, nh, nkv, hd)
+    q, k = _rope(q, k, cos, sin)
     k_cache.index_copy_(2, cache_idx, k)
     v_cache.index_copy_(2, cache_idx, v)
-    att = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, enable_gqa=nkv != nh)
-    x = x + F.linear(att.transpose(1, 2).reshape(b, s, nh * hd), w.o)
-    h = _rms_norm(x, w.ln2, w.eps)
-    gate, up = F.linear(h, w.gate_up).chunk(2, dim=-1)
-    return x + F.linear(F.silu(gate) * up, w.down)
+    return _mlp_residual(x, _attend(q, k_cache, v_cache, mask, nh, nkv), w)
 
 
 def _effective_weight(lin: torch.nn.Module) -> Tensor:
@@ -120,6 +137,49 @@ def _effective_weight(lin: torch.nn.Module) -> Tensor:
                     w = w + lin.get_delta_weight(name).to(w.dtype)
         return w
     raise ValueError(f"the engine needs nn.Linear or PEFT LoRA Linear layers in the LLM, got {type(lin).__name__}")
+
+
+def prefill_layout(attention_mask: Tensor, num_patches: int, text_len: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Where each prefill slot's embedding comes from, for left-padded prompts of ``text_len`` columns.
+
+    Per row the sequence is [pads..., BOS, patches (P), rest of the prompt]. Returns, each [B, text_len + P]:
+    ``gather`` (index into cat(text embeddings, patch embeddings) along the sequence), ``valid`` (False at
+    padding) and ``positions`` (contiguous per row from 0, as the release's position ids)."""
+    b, p, lp = attention_mask.shape[0], num_patches, text_len
+    am = attention_mask
+    first = am.argmax(dim=1)  # [B] BOS column
+    slot = torch.arange(lp + p, device=am.device)[None, :].expand(b, -1)
+    is_patch = (slot > first[:, None]) & (slot <= first[:, None] + p)
+    after = slot > first[:, None] + p
+    text_idx = torch.where(after, slot - p, slot)
+    patch_idx = lp + (slot - first[:, None] - 1)
+    gather = torch.where(is_patch, patch_idx, text_idx)
+    valid = torch.where(is_patch, torch.ones_like(am[:, :1], dtype=torch.bool),
+                        am.gather(1, text_idx.clamp(max=lp - 1)).bool())
+    positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+    return gather, valid, positions
+
+
+def prefill_mask(key_valid: Tensor, t: int) -> Tensor:
+    """[B,1,T,Tmax] bool attention mask of a prompt's T positions over key_valid [B,Tmax] (keys past T False):
+    causal, real keys only; a padding row sees itself alone (a row that attends to nothing would be NaN)."""
+    tmax = key_valid.shape[1]
+    causal = torch.ones(t, tmax, device=key_valid.device, dtype=torch.bool).tril()
+    mask = causal[None, None] & key_valid[:, None, None, :]
+    return mask | torch.eye(t, tmax, device=key_valid.device, dtype=torch.bool)[None, None]
+
+
+def capture_graph(run: Callable[[], None], device: torch.device, pool: Any) -> torch.cuda.CUDAGraph:
+    """``run`` once on a side stream (allocator, cuBLAS handles, compilation), then capture it into ``pool``."""
+    stream = torch.cuda.Stream(device=device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        run()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        run()
+    return graph
 
 
 class OpenVLAEngine:
@@ -359,17 +419,7 @@ class OpenVLAEngine:
             pix = torch.cat([inputs.pixel_values, inputs.pixel_values[:1].expand(rep, -1, -1, -1)])
         else:
             pix = inputs.pixel_values
-        # Sequence layout per row: [pads..., BOS, patches(P), rest of prompt]; index into cat(text, patches).
-        p, lp = self.num_patches, g.text_len
-        first = am.argmax(dim=1)  # [Bp] BOS column
-        slot = torch.arange(lp + p, device=ids.device)[None, :].expand(g.batch, -1)
-        is_patch = (slot > first[:, None]) & (slot <= first[:, None] + p)
-        after = slot > first[:, None] + p
-        text_idx = torch.where(after, slot - p, slot)
-        patch_idx = lp + (slot - first[:, None] - 1)
-        gather = torch.where(is_patch, patch_idx, text_idx)
-        valid = torch.where(is_patch, torch.ones_like(am[:, :1], dtype=torch.bool), am.gather(1, text_idx.clamp(max=lp - 1)).bool())
-        positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+        gather, valid, positions = prefill_layout(am, self.num_patches, g.text_len)
         g.input_ids.copy_(ids)
         g.pixel_values.copy_(pix.to(g.pixel_values.dtype))
         g.gather_idx.copy_(gather)
@@ -395,18 +445,10 @@ class OpenVLAEngine:
         kv = self._kv(bp, t + d)
         tmax = kv[0][0].shape[2]  # the shared cache may be longer than this bucket needs
         embed = m.language_model.model.embed_tokens
-        with record_function("engine.vision"):
-            patches = m.projector(m.vision_backbone(g.pixel_values))  # [Bp,P,H]
+        x = self.prefill_embeddings(g.pixel_values, g.input_ids, g.gather_idx)
         with record_function("engine.prefill"):
-            src = torch.cat([embed(g.input_ids), patches.to(m.dtype)], dim=1)  # [Bp, Lp+P, H]
-            x = src.gather(1, g.gather_idx[:, :, None].expand(-1, -1, src.shape[-1]))
-            # Prefill mask: causal over the first T slots and only real keys; cache slots >= T masked out.
             key_valid = F.pad(g.key_valid, (0, tmax - t), value=False)  # [Bp, Tmax]
-            causal = torch.ones(t, tmax, device=x.device, dtype=torch.bool).tril()
-            mask = causal[None, None] & key_valid[:, None, None, :]  # [Bp,1,T,Tmax]
-            # Rows that are pure padding attend to nothing; let them see themselves to avoid NaN softmax.
-            mask = mask | torch.eye(t, tmax, device=x.device, dtype=torch.bool)[None, None]
-            h = self._trunk(x, g.positions, 0, mask, kv)[:, -1]  # [Bp,H]
+            h = self._trunk(x, g.positions, 0, prefill_mask(key_valid, t), kv)[:, -1]  # [Bp,H]
             if g.hidden is not None:
                 g.hidden.copy_(h)
             tok = self._select(g, h, 0)
@@ -420,11 +462,24 @@ class OpenVLAEngine:
                 h = self._trunk(x, pos, t + step - 1, key_valid[:, None, None, :], kv)[:, -1]
                 tok = self._select(g, h, step)
 
+    def prefill_embeddings(self, pixel_values: Tensor, input_ids: Tensor, gather_idx: Tensor) -> Tensor:
+        """Vision towers + projector, then the prompt's sequence [B, T, H] laid out by ``gather_idx``
+        (:func:`prefill_layout`): text embeddings with the patch embeddings after BOS."""
+        m = self.model
+        with record_function("engine.vision"):
+            patches = m.projector(m.vision_backbone(pixel_values))  # [B,P,H]
+        src = torch.cat([m.language_model.model.embed_tokens(input_ids), patches.to(m.dtype)], dim=1)  # [B,Lp+P,H]
+        return src.gather(1, gather_idx[:, :, None].expand(-1, -1, src.shape[-1]))
+
+    def greedy_tokens(self, h: Tensor) -> Tensor:
+        """Argmax over the full vocabulary of the final hidden states h [B,H] (the release's greedy decoding)."""
+        return self.model.language_model.lm_head(h).argmax(dim=-1)  # type: ignore[no-any-return]
+
     def _select(self, g: _Graph, h: Tensor, step: int) -> Tensor:
         """Token ``step`` from hidden states h [Bp,H] into g.tokens (and g.log_probs/g.entropy when sampling)."""
         m = self.model
         if g.gumbel is None:  # greedy over the full vocabulary, as the release
-            tok = m.language_model.lm_head(h).argmax(dim=-1)
+            tok = self.greedy_tokens(h)
         else:  # the same math as generate.sample_action_tokens, restricted to the action ids
             assert g.temperature is not None and g.log_probs is not None and g.entropy is not None
             logp, entropy = log_probs_and_entropy(action_logits(m, h), g.temperature)  # [Bp,n_bins], [Bp]
@@ -436,15 +491,10 @@ class OpenVLAEngine:
         return tok
 
     def _capture(self, g: _Graph, d: int) -> None:
-        # Warm up on a side stream (allocator, cuBLAS handles), then capture into a shared memory pool.
-        stream = torch.cuda.Stream(device=self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            self._run(g, d)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
+        g.graph = capture_graph(lambda: self._run(g, d), self.device, self.graph_pool())
+
+    def graph_pool(self) -> Any:
+        """The memory pool every graph of this engine is captured into (shared: one request runs at a time)."""
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._pool):
-            self._run(g, d)
-        g.graph = graph
+        return self._pool

@@ -2,7 +2,7 @@
 
 Pure preprocessing (PIL + numpy + torch tensors, no model): images are checked (non-empty, RGB, HxWx3 uint8),
 resized with PIL BICUBIC per tower ("resize-naive", "letterbox" or "resize-crop", as Prismatic's transforms on
-PIL images), scaled to [0, 1], normalised with the tower's mean/std and stacked on the channel axis (6 channels
+PIL images; for a CUDA device, the same pixels are computed there by :mod:`.resize`), scaled to [0, 1], normalised with the tower's mean/std and stacked on the channel axis (6 channels
 for fused DINOv2+SigLIP). Prompts follow the published templates; the Llama "▁" token (29871) is appended when
 it is not already last, exactly as ``predict_action`` of the release does. Batches are LEFT-padded so that the
 last position of every row is the one that predicts the first action token, and position ids (cumsum of the
@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from crane_x7_vla.models.config import ViTConfig
+from crane_x7_vla.models.resize import letterbox_padding, resize_crop_box, resize_square
 
 ImageLike = np.ndarray | Image.Image
 SPIECE_UNDERLINE = "▁"
@@ -68,8 +69,8 @@ def build_prompt(instruction: str, style: str = "pure") -> str:
     return template.format(instruction=instruction.lower())
 
 
-def to_pil_rgb(image: Any) -> Image.Image:
-    """Validate one camera image (HxWx3 uint8 array or RGB PIL image) and return it as a PIL RGB image."""
+def check_image(image: Any) -> ImageLike:
+    """Validate one camera image (HxWx3 uint8 array or RGB PIL image) and return it unchanged."""
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise ValueError("image is empty (0 pixels)")
@@ -87,26 +88,29 @@ def to_pil_rgb(image: Any) -> Image.Image:
         )
     if image.dtype != np.uint8:
         raise ValueError(f"image dtype is {image.dtype}, expected uint8 (0..255); convert with (img*255).astype(np.uint8)")
+    return image
+
+
+def to_pil_rgb(image: Any) -> Image.Image:
+    """Validate one camera image (HxWx3 uint8 array or RGB PIL image) and return it as a PIL RGB image."""
+    image = check_image(image)
+    if isinstance(image, Image.Image):
+        return image
     return Image.fromarray(np.ascontiguousarray(image), mode="RGB")
 
 
 def _resize(img: Image.Image, size: int, strategy: str, fill: tuple[int, int, int]) -> Image.Image:
+    """PIL's resize of one image with a strategy (the definition that :func:`.resize.resize_square` matches)."""
     if strategy == "letterbox":
         w, h = img.size
-        m = max(w, h)
-        pad_x, pad_y = (m - w) // 2, (m - h) // 2  # same padding on both sides, as Prismatic's LetterboxPad
+        pad_x, pad_y = letterbox_padding(w, h)  # same padding on both sides, as Prismatic's LetterboxPad
         canvas = Image.new("RGB", (w + 2 * pad_x, h + 2 * pad_y), fill)
         canvas.paste(img, (pad_x, pad_y))
         img = canvas
     elif strategy == "resize-crop":
         # torchvision Resize(int) on a PIL image: short side -> size, long side truncated; then CenterCrop.
-        w, h = img.size
-        if w <= h:
-            new_w, new_h = size, int(size * h / w)
-        else:
-            new_w, new_h = int(size * w / h), size
+        new_w, new_h, left, top = resize_crop_box(*img.size, size)
         img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        left, top = round((new_w - size) / 2.0), round((new_h - size) / 2.0)
         return img.crop((left, top, left + size, top + size))
     return img.resize((size, size), Image.Resampling.BICUBIC)
 
@@ -114,6 +118,15 @@ def _resize(img: Image.Image, size: int, strategy: str, fill: tuple[int, int, in
 def _is_rgb_array(image: Any, size: int | None) -> TypeGuard[np.ndarray]:
     """A uint8 RGB array of exactly ``size`` x ``size`` (never when the towers' sizes differ: ``size`` None)."""
     return isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (size, size, 3)
+
+
+def _stacked_frames(images: Sequence[ImageLike]) -> np.ndarray | None:
+    """The batch as one uint8 [B,H,W,3] array, or None when the frames' shapes differ; a bad image raises
+    :func:`check_image`'s error (the PIL path's), in the batch's order."""
+    arrays = [np.asarray(check_image(im)) for im in images]
+    if not arrays or any(a.shape != arrays[0].shape for a in arrays):
+        return None
+    return np.stack(arrays)
 
 
 @cache
@@ -130,28 +143,50 @@ class ImageTransform:
         self.towers = tuple(towers)
         self.strategy = strategy
 
+    def resizes(self) -> list[tuple[int, tuple[int, int, int]]]:
+        """Per tower, the (size, fill) of its resize; towers with equal ones share one resize (the fill, the
+        tower's mean colour, only pads "letterbox" images, so it is (0, 0, 0) for the other strategies)."""
+        out = []
+        for t in self.towers:
+            fill = (int(255 * t.mean[0]), int(255 * t.mean[1]), int(255 * t.mean[2]))
+            out.append((t.image_size, fill if self.strategy == "letterbox" else (0, 0, 0)))
+        return out
+
     def resized(self, image: ImageLike) -> list[np.ndarray]:
         """The PIL-resized uint8 [H,W,3] image each tower sees (fused towers share one resize)."""
         img = to_pil_rgb(image)
         cache: dict[tuple[int, tuple[int, int, int]], np.ndarray] = {}
-        out = []
-        for t in self.towers:
-            fill = (int(255 * t.mean[0]), int(255 * t.mean[1]), int(255 * t.mean[2]))
-            key = (t.image_size, fill if self.strategy == "letterbox" else (0, 0, 0))
-            if key not in cache:
-                cache[key] = np.asarray(_resize(img, t.image_size, self.strategy, fill), dtype=np.uint8)
-            out.append(cache[key])
-        return out
+        keys = self.resizes()
+        for size, fill in keys:
+            if (size, fill) not in cache:
+                cache[size, fill] = np.asarray(_resize(img, size, self.strategy, fill), dtype=np.uint8)
+        return [cache[key] for key in keys]
+
+    def resized_on_device(self, frames: Tensor) -> list[Tensor]:
+        """Per tower, uint8 [B,H,W,3] frames resized where they are (:func:`.resize.resize_square`, Pillow's
+        bicubic bit for bit): the same pixels as :meth:`resized_batch`, as uint8 [B,h,w,3] tensors."""
+        cache: dict[tuple[int, tuple[int, int, int]], Tensor] = {}
+        keys = self.resizes()
+        for size, fill in keys:
+            if (size, fill) not in cache:
+                cache[size, fill] = resize_square(frames, size, self.strategy, fill)
+        return [cache[key] for key in keys]
 
     def __call__(self, image: ImageLike) -> Tensor:
         """[3*T, H, W] float32 on the CPU."""
         return self.batch([image], torch.device("cpu"))[0]
 
-    def batch(self, images: Sequence[ImageLike], device: torch.device | str) -> Tensor:
-        """[B, 3*T, H, W] float32 on ``device``: the images of a batch are resized in parallel threads, only uint8
-        pixels cross the bus, and ``(x/255 - mean)/std`` runs in float32 there (the PIL resize, which defines
-        parity, stays on the CPU; the GPU arithmetic differs from the CPU's by at most 3.6e-7 — 1 ulp — measured
-        on an H200)."""
+    def batch(self, images: Sequence[ImageLike], device: torch.device | str, *,
+              resize_on_device: bool | None = None) -> Tensor:
+        """[B, 3*T, H, W] float32 on ``device``: only uint8 pixels cross the bus, and ``(x/255 - mean)/std`` runs
+        in float32 there (the GPU arithmetic differs from the CPU's by at most 3.6e-7 — 1 ulp — measured on an
+        H200).
+
+        The resize is PIL's BICUBIC, which defines parity. On the CPU, PIL itself resizes the images in
+        parallel threads. On a CUDA device (or with ``resize_on_device=True``, as the tests force on the CPU), a
+        batch of same-shaped frames is sent as one stacked uint8 array and resized there by
+        :mod:`.resize` — the same pixels, without the host's ~3-5 ms per 640x480 frame; frames of mixed
+        shapes fall back to PIL. ``resize_on_device=False`` always uses PIL."""
         size = self.shared_size()
         arrays = [im for im in images if _is_rgb_array(im, size)]
         if len(arrays) == len(images):
@@ -159,6 +194,10 @@ class ImageTransform:
             # square image of the target size as it is (PIL's resize returns a copy), so skip PIL altogether and
             # send one stacked uint8 array: the same pixels, without the per-frame PIL round trip.
             return self.normalize([torch.from_numpy(np.stack(arrays)).to(device)])
+        if resize_on_device is None:
+            resize_on_device = torch.device(device).type == "cuda"
+        if resize_on_device and (frames := _stacked_frames(images)) is not None:
+            return self.normalize(self.resized_on_device(torch.from_numpy(frames).to(device)))
         return self.normalize([torch.from_numpy(p).to(device) for p in self.resized_batch(images)])
 
     def resized_batch(self, images: Sequence[ImageLike]) -> list[np.ndarray]:

@@ -1,0 +1,373 @@
+"""Continuous batching of several robots' greedy actions over the OpenVLA engine's weights (multi-robot serving).
+
+Why not synchronous batches (:class:`~crane_x7_vla.models.batcher.BatchedPolicy`): an action is one prefill
+(~290 tokens: compute-bound) and ``action_dim - 1`` decode steps (one token: bound by reading the 13 GB of
+layer weights). A synchronous batch makes a request that arrives while a batch runs wait for the whole batch,
+then for its own, and decodes every batch's rows separately. Here every engine *step* is one forward that
+reads the weights once for both: the prefills of the requests admitted at this step (``k`` rows of the
+prompt) and one decode token for every slot already running. A request joins at the next step boundary
+(a few ms), its decode tokens ride along with other robots' prefills, and a robot's action costs the GPU its
+prefill plus a share of the decode steps.
+
+State lives in static buffers on the device: ``slots`` rows of KV cache (the prompt at columns ``[0, T)``, the
+decode tokens after it, the last column a scratch column that idle rows write to), and per slot the current
+token, position, write column, token count and an active flag. A step updates all of them itself, so on
+CUDA each step kind (decode only, or ``k`` prefills + decode, per prompt-length bucket) is one CUDA graph
+and the host only copies new requests in and reads finished rows out. The host knows which slots finish at
+a step (every action has ``action_dim`` tokens), so it reads the device only then.
+
+The math per token is the engine's (:mod:`.engine`: fused q/k/v and gate/up GEMMs, float32 RMSNorm, the
+model's rotary embedding, greedy argmax over the full vocabulary), so on CPU in float32 the actions equal
+:meth:`OpenVLAEngine.predict` and the release's eager loop (tests/models/test_continuous.py).
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from crane_x7_vla.models.batcher import BatchedPrediction, SharedPolicy, _Request
+from crane_x7_vla.models.engine import (
+    OpenVLAEngine,
+    _attend,
+    _heads,
+    _LayerWeights,
+    _mlp_residual,
+    _rms_norm,
+    _rope,
+    capture_graph,
+    prefill_layout,
+    prefill_mask,
+)
+from crane_x7_vla.models.processing import ModelInputs
+
+DEFAULT_MAX_PROMPT_TOKENS = 96  # BOS + "In: What action should the robot take to ...?\nOut:" + an instruction
+
+
+@dataclass
+class _Admit:
+    """Static inputs of the ``k`` prompts admitted at one step (one bucket per (k, text length))."""
+
+    pixel_values: Tensor  # [k, C, H, W]
+    input_ids: Tensor  # [k, Lp]
+    gather_idx: Tensor  # [k, T]
+    key_valid: Tensor  # [k, T]
+    positions: Tensor  # [k, T]
+    slot_ids: Tensor  # [k] which slots the prompts take
+    graph: torch.cuda.CUDAGraph | None = None
+
+
+def _mixed_layer(xp: Tensor | None, xd: Tensor, rope_p: tuple[Tensor, Tensor] | None, rope_d: tuple[Tensor, Tensor],
+                 w: _LayerWeights, k_cache: Tensor, v_cache: Tensor, slot_ids: Tensor | None, mask_p: Tensor | None,
+                 rows: Tensor, heads: Tensor, cols: Tensor, mask_d: Tensor, nh: int, nkv: int,
+                 hd: int) -> tuple[Tensor | None, Tensor]:
+    """One decoder layer for ``k`` admitted prompts xp [k,T,H] (or None) and one token per slot xd [S,1,H].
+
+    The weight GEMMs run once over all k*T + S tokens; attention is per part: a prompt attends causally to
+    itself (and writes its K/V into its slot's columns [0, T)), a slot's token to its own cache row (after
+    writing its K/V at its column ``cols[s]``)."""
+    s_rows, hidden = xd.shape[0], xd.shape[-1]
+    n_p = 0 if xp is None else xp.shape[0] * xp.shape[1]
+    x = xd.reshape(s_rows, hidden) if xp is None else torch.cat([xp.reshape(n_p, hidden), xd.reshape(s_rows, hidden)])
+    qkv = F.linear(_rms_norm(x, w.ln1, w.eps), w.qkv)
+    att = []
+    if xp is not None:
+        assert rope_p is not None and slot_ids is not None and mask_p is not None
+        k, t = xp.shape[0], xp.shape[1]
+        q, kk, v = _heads(qkv[:n_p], k, t, nh, nkv, hd)
+        q, kk = _rope(q, kk, *rope_p)
+        k_cache.narrow(2, 0, t).index_copy_(0, slot_ids, kk)
+        v_cache.narrow(2, 0, t).index_copy_(0, slot_ids, v)
+        att.append(_attend(q, kk, v, mask_p, nh, nkv).reshape(n_p, nh * hd))
+    q, kk, v = _heads(qkv[n_p:], s_rows, 1, nh, nkv, hd)
+    q, kk = _rope(q, kk, *rope_d)
+    k_cache.index_put_((rows[:, None], heads[None, :], cols[:, None]), kk[:, :, 0])
+    v_cache.index_put_((rows[:, None], heads[None, :], cols[:, None]), v[:, :, 0])
+    att.append(_attend(q, k_cache, v_cache, mask_d, nh, nkv).reshape(s_rows, nh * hd))
+    x = _mlp_residual(x, att[0] if len(att) == 1 else torch.cat(att), w)
+    if xp is None:
+        return None, x.reshape(s_rows, 1, hidden)
+    return x[:n_p].reshape(xp.shape), x[n_p:].reshape(s_rows, 1, hidden)
+
+
+class ContinuousBatcher(SharedPolicy):
+    """Serve concurrent single-robot requests with continuous batching over an :class:`OpenVLAEngine`.
+
+    ``slots``: how many actions are decoded at once (the number of robots); ``max_prefill``: how many new
+    prompts one step admits (more wait for the next step; default ``min(4, slots)``: each costs the step a
+    prefill, so admitting all at once would stall the running decodes); ``max_prompt_tokens``: the longest prompt the KV
+    cache holds (longer ones are refused at submit). ``start=False`` leaves the worker thread off, for
+    driving :meth:`step` by hand."""
+
+    def __init__(self, engine: OpenVLAEngine, *, slots: int = 8, max_prefill: int | None = None,
+                 max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, unnorm_key: str | None = None,
+                 history: int = 2000, start: bool = True) -> None:
+        if not isinstance(engine, OpenVLAEngine):
+            raise ValueError(f"continuous batching needs an OpenVLAEngine, got {type(engine).__name__}; "
+                             "use BatchedPolicy for other policies")
+        max_prefill = min(4, slots) if max_prefill is None else max_prefill
+        if slots < 1 or not 1 <= max_prefill <= slots:
+            raise ValueError(f"need slots >= 1 and 1 <= max_prefill <= slots, got slots={slots}, "
+                             f"max_prefill={max_prefill}")
+        if max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
+        m = engine.model
+        self.engine = engine
+        self.slots = slots
+        self.max_prefill = max_prefill
+        self.action_dim = m.action_stats(unnorm_key).dim
+        self.max_text = engine.text_bucket * math.ceil(max_prompt_tokens / engine.text_bucket)
+        self.cache_len = self.max_text + engine.num_patches + self.action_dim  # prompt, decode tokens, scratch
+        dev, dt = engine.device, m.dtype
+        shape = (slots, engine.num_kv_heads, self.cache_len, engine.head_dim)
+        self._k = [torch.zeros(shape, device=dev, dtype=dt) for _ in engine.layers]
+        self._v = [torch.zeros(shape, device=dev, dtype=dt) for _ in engine.layers]
+        scratch = self.cache_len - 1
+        self._rows = torch.arange(slots, device=dev)
+        self._heads = torch.arange(engine.num_kv_heads, device=dev)
+        self._cur = torch.zeros(slots, device=dev, dtype=torch.long)  # last token of each slot
+        self._pos = torch.zeros(slots, device=dev, dtype=torch.long)  # its position id
+        self._col = torch.full((slots,), scratch, device=dev, dtype=torch.long)  # where its K/V go
+        self._step = torch.zeros(slots, device=dev, dtype=torch.long)  # index of the token it produces
+        self._active = torch.zeros(slots, device=dev, dtype=torch.bool)
+        self._valid = torch.zeros(slots, self.cache_len, device=dev, dtype=torch.bool)  # keys each slot sees
+        self._out = torch.zeros(slots, self.action_dim, device=dev, dtype=torch.long)  # tokens so far
+        self._true = torch.ones(slots, device=dev, dtype=torch.bool)
+        self._admits: dict[tuple[int, int], _Admit] = {}
+        self._decode_graph: torch.cuda.CUDAGraph | None = None
+        self._layer: Callable[..., tuple[Tensor | None, Tensor]] = _mixed_layer
+        if engine.use_cuda_graphs:
+            import torch._dynamo.config as dynamo_config
+
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 128)
+            self._layer = torch.compile(_mixed_layer, dynamic=False, fullgraph=True)
+        # Host mirror of the slots: the request each serves, how many tokens it has, most rows it shared a step with.
+        self._req: list[_Request | None] = [None] * slots
+        self._count = [0] * slots
+        self._peak = [0] * slots
+        self._started = [0.0] * slots
+        self._waiting: list[_Request] = []
+        self._stopping = False
+        super().__init__(engine, unnorm_key=unnorm_key, history=history, thread_name="vla-continuous",
+                         start=start)
+
+    # ------------------------------------------------------------------ the policy interface
+    def prepare_inputs(self, images: Sequence[Any], instructions: Sequence[str]) -> ModelInputs:
+        """Pixels on the device; prompt ids stay on the CPU (the worker lays them out without a device sync)."""
+        m = self.engine.model
+        if isinstance(instructions, str):
+            raise TypeError("instructions must be a sequence of strings (one per image), not a single string")
+        if len(images) != len(instructions) or not images:
+            raise ValueError(f"got {len(images)} images and {len(instructions)} instructions; pass one of each "
+                             "per request, at least one")
+        ids, mask = m.prepare_text(instructions)
+        return ModelInputs(m.image_transform.batch(images, m.device).to(m.dtype), ids, mask)
+
+    def _check(self, inputs: ModelInputs) -> None:
+        length = inputs.input_ids.shape[1]
+        if length > self.max_text:
+            raise ValueError(f"the prompt has {length} tokens, more than this batcher's KV cache holds "
+                             f"({self.max_text}); shorten the instruction or raise max_prompt_tokens")
+
+    def warmup(self, instruction: str = "pick up the object") -> None:
+        """Capture every step kind for prompts in ``instruction``'s length bucket, before :meth:`start` (a first
+        capture compiles and takes seconds; serving would otherwise capture at a robot's first requests).
+        Leaves the slots idle and the latency records empty."""
+        if self._thread.is_alive():
+            raise RuntimeError("warm the batcher up before start(): the worker thread would take the requests")
+        size = self.engine.model.config.vision_towers[0].image_size
+        inputs = self.prepare_inputs([np.zeros((size, size, 3), dtype=np.uint8)], [instruction])
+        for k in range(1, self.max_prefill + 1):
+            for _ in range(k):
+                self.submit(inputs)
+            while self._queue.qsize() or self._waiting or any(r is not None for r in self._req):
+                self.step()
+        self._done.clear()
+
+    # ------------------------------------------------------------------ the worker
+    def _serve(self) -> None:
+        while not (self._stopping and not self._waiting and all(r is None for r in self._req)):
+            self.step(block=True)
+        self._fail_queued()
+
+    def step(self, block: bool = False) -> int:
+        """One engine step: admit waiting requests into free slots, run the forward, resolve finished slots.
+        With ``block``, wait for a request when every slot is idle. Returns how many requests finished."""
+        busy = any(r is not None for r in self._req)
+        self._pull(block=block and not busy and not self._waiting)
+        free = [s for s in range(self.slots) if self._req[s] is None]
+        admit = self._waiting[: min(len(free), self.max_prefill)]
+        del self._waiting[: len(admit)]
+        if not admit and not busy:
+            return 0
+        start = time.perf_counter()
+        running = [s for s in range(self.slots) if self._req[s] is not None]
+        new_slots = free[: len(admit)]
+        try:
+            self._launch(admit, new_slots)
+        except Exception as exc:  # a failing step fails the requests in it, not the worker
+            self._fail_slots(running, admit, exc)
+            return 0
+        for s, req in zip(new_slots, admit, strict=True):
+            self._req[s], self._count[s], self._started[s] = req, 0, start
+        rows = len(running) + len(admit)
+        finished = []
+        for s in running + new_slots:
+            self._count[s] += 1
+            self._peak[s] = max(self._peak[s] if s in running else 0, rows)
+            if self._count[s] == self.action_dim:
+                finished.append(s)
+        if finished:
+            self._finish(finished)
+        return len(finished)
+
+    def _pull(self, block: bool) -> None:
+        """Move queued requests to the waiting list (blocking for the first one if asked)."""
+        try:
+            item = self._queue.get() if block else self._queue.get_nowait()
+            while True:
+                if item is None:
+                    self._stopping = True
+                else:
+                    self._waiting.append(item)
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            return
+
+    def _finish(self, finished: list[int]) -> None:
+        idx = torch.as_tensor(finished, device=self.engine.device)
+        try:
+            actions = self.engine.model.decode_actions(self._out.index_select(0, idx), self.unnorm_key)
+        except Exception as exc:
+            self._fail_slots(finished, [], exc)
+            return
+        end = time.perf_counter()
+        for s, action in zip(finished, actions, strict=True):
+            req = self._req[s]
+            assert req is not None
+            self._resolve(req, action, self._peak[s], self._started[s], end)
+            self._req[s] = None
+
+    def _fail_slots(self, slots: list[int], admitted: list[_Request], exc: Exception) -> None:
+        for s in slots:
+            req = self._req[s]
+            if req is not None:
+                req.future.set_exception(exc)
+            self._req[s] = None
+        for req in admitted:
+            req.future.set_exception(exc)
+        with torch.inference_mode():  # idle rows write to the scratch column
+            self._active.zero_()
+            self._col.fill_(self.cache_len - 1)
+
+    # ------------------------------------------------------------------ the device step
+    def _launch(self, admit: list[_Request], slots: list[int]) -> None:
+        eng = self.engine
+        with eng._lock, torch.inference_mode():
+            a = self._fill(admit, slots) if admit else None
+            if not eng.use_cuda_graphs:
+                self._forward(a)
+                return
+            graph = self._decode_graph if a is None else a.graph
+            if graph is None:
+                # Capturing runs the step once (warm-up) and records it without running it: undo the warm-up
+                # run's state updates so that the replay below is the step's only effect. (Its K/V writes are
+                # rewritten with the same values by the replay; keys past a slot's column stay masked.)
+                saved = [t.clone() for t in self._state()]
+                graph = capture_graph(lambda: self._forward(a), eng.device, eng.graph_pool())
+                for t, v in zip(self._state(), saved, strict=True):
+                    t.copy_(v)
+                if a is None:
+                    self._decode_graph = graph
+                else:
+                    a.graph = graph
+            graph.replay()
+
+    def _state(self) -> list[Tensor]:
+        return [self._cur, self._pos, self._col, self._step, self._active, self._valid, self._out]
+
+    def _fill(self, admit: list[_Request], slots: list[int]) -> _Admit:
+        """Copy the admitted prompts (left-padded to one text bucket) into their bucket's static inputs."""
+        eng, m = self.engine, self.engine.model
+        k = len(admit)
+        length = max(r.inputs.input_ids.shape[1] for r in admit)
+        lp = eng.text_bucket * math.ceil(length / eng.text_bucket)
+        ids = torch.cat([F.pad(r.inputs.input_ids.cpu(), (lp - r.inputs.input_ids.shape[1], 0),
+                               value=m.config.pad_token_id) for r in admit])
+        am = torch.cat([F.pad(r.inputs.attention_mask.cpu(), (lp - r.inputs.attention_mask.shape[1], 0), value=0)
+                        for r in admit])
+        gather, valid, positions = prefill_layout(am, eng.num_patches, lp)
+        a = self._admits.get((k, lp))
+        if a is None:
+            dev = eng.device
+            img = m.config.vision_towers[0].image_size
+            a = _Admit(torch.zeros(k, 3 * len(m.config.vision_towers), img, img, device=dev, dtype=m.dtype),
+                       torch.zeros(k, lp, device=dev, dtype=torch.long), torch.zeros_like(gather, device=dev),
+                       torch.zeros_like(valid, device=dev), torch.zeros_like(positions, device=dev),
+                       torch.zeros(k, device=dev, dtype=torch.long))
+            self._admits[(k, lp)] = a
+        for i, r in enumerate(admit):
+            a.pixel_values[i].copy_(r.inputs.pixel_values[0])
+        a.input_ids.copy_(ids)
+        a.gather_idx.copy_(gather)
+        a.key_valid.copy_(valid)
+        a.positions.copy_(positions)
+        a.slot_ids.copy_(torch.as_tensor(slots))
+        return a
+
+    def _forward(self, a: _Admit | None) -> None:
+        """The static step: one decode token for every active slot, plus the admitted prompts' prefills."""
+        eng = self.engine
+        lm = eng.model.language_model.model
+        d, scratch = self.action_dim, self.cache_len - 1
+        self._valid.index_put_((self._rows, self._col), self._true)
+        xd = lm.embed_tokens(self._cur[:, None])  # [S,1,H]
+        rope_d = lm.rotary_emb(xd, self._pos[:, None])
+        mask_d = self._valid[:, None, None, :]
+        xp = rope_p = mask_p = None
+        t = 0
+        if a is not None:
+            xp = eng.prefill_embeddings(a.pixel_values, a.input_ids, a.gather_idx)  # [k,T,H]
+            t = xp.shape[1]
+            rope_p = lm.rotary_emb(xp, a.positions)
+            mask_p = prefill_mask(a.key_valid, t)
+        for i, w in enumerate(eng.fused):
+            xp, xd = self._layer(xp, xd, rope_p, rope_d, w, self._k[i], self._v[i],
+                                 None if a is None else a.slot_ids, mask_p, self._rows, self._heads, self._col,
+                                 mask_d, eng.num_heads, eng.num_kv_heads, eng.head_dim)
+        # Decode rows: record the token of each active slot and advance it; finished slots go idle.
+        act = self._active
+        tok = eng.greedy_tokens(lm.norm(xd[:, 0]))
+        at = self._step.clamp(max=d - 1)[:, None]
+        self._out.scatter_(1, at, torch.where(act, tok, self._out.gather(1, at)[:, 0])[:, None])
+        self._cur.copy_(torch.where(act, tok, self._cur))
+        self._pos.add_(act.long())
+        self._step.add_(act.long())
+        going = act & (self._step < d)
+        self._col.copy_(torch.where(going, self._col + 1, scratch))
+        self._active.copy_(going)
+        if a is None or xp is None:
+            return
+        # Admitted prompts: their first token, and their slots' decode state.
+        first = eng.greedy_tokens(lm.norm(xp[:, -1]))
+        sl = a.slot_ids
+        self._out.index_fill_(0, sl, 0)
+        self._out[:, 0].index_copy_(0, sl, first)
+        self._cur.index_copy_(0, sl, first)
+        self._pos.index_copy_(0, sl, a.positions[:, -1] + 1)
+        self._step.index_fill_(0, sl, 1)
+        self._active.index_fill_(0, sl, d > 1)
+        self._col.index_fill_(0, sl, t if d > 1 else scratch)
+        self._valid.index_copy_(0, sl, F.pad(a.key_valid, (0, self.cache_len - t)))
+
+
+__all__ = ["DEFAULT_MAX_PROMPT_TOKENS", "BatchedPrediction", "ContinuousBatcher"]

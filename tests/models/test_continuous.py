@@ -1,0 +1,147 @@
+"""Continuous batching: requests join running decodes at step boundaries and still get the release's actions."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+import torch
+
+from crane_x7_vla.models import OpenVLA
+from crane_x7_vla.models.batcher import BatchedPrediction
+from crane_x7_vla.models.continuous import ContinuousBatcher
+from crane_x7_vla.models.engine import OpenVLAEngine
+
+INSTRUCTIONS = ["pick up the red block", "go", "Place the blue cube on the green plate, then open the gripper"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model: OpenVLA) -> OpenVLAEngine:
+    return OpenVLAEngine(tiny_model, max_batch=4, text_bucket=8)
+
+
+@pytest.fixture(scope="module")
+def want(tiny_model: OpenVLA, images: list[np.ndarray]) -> np.ndarray:
+    """The release's eager greedy actions, one request at a time."""
+    return np.concatenate([tiny_model.predict_action(images[i : i + 1], INSTRUCTIONS[i : i + 1]) for i in range(3)])
+
+
+def _submit(b: ContinuousBatcher, images: list[np.ndarray], i: int) -> Future[BatchedPrediction]:
+    return b.submit(b.prepare_inputs([images[i]], [INSTRUCTIONS[i]]))
+
+
+def test_prefills_join_running_decodes_and_match_the_eager_loop(engine: OpenVLAEngine, images: list[np.ndarray],
+                                                                want: np.ndarray) -> None:
+    d = engine.model.action_dim
+    b = ContinuousBatcher(engine, slots=3, max_prefill=2, start=False)
+    first = _submit(b, images, 0)
+    assert b.step() == 0  # request 0: prefill (token 1 of d)
+    b.step()  # request 0: decode
+    later = [_submit(b, images, 1), _submit(b, images, 2)]
+    # Requests 1 and 2 (prompts of different lengths, one bucket) prefill in the step that decodes request 0.
+    finished = sum(b.step() for _ in range(d - 2))
+    assert finished == 1 and first.done() and not any(f.done() for f in later)
+    while not all(f.done() for f in later):
+        b.step()
+    got = [f.result() for f in [first, *later]]
+    np.testing.assert_allclose(np.stack([g.action for g in got]), want, atol=1e-6)
+    assert [g.batch_size for g in got] == [3, 3, 3]  # every request shared steps with the other two
+    assert b.step() == 0  # idle: nothing runs
+    b.close()
+
+
+def test_more_requests_than_slots_wait_for_a_free_slot(engine: OpenVLAEngine, images: list[np.ndarray],
+                                                       want: np.ndarray) -> None:
+    b = ContinuousBatcher(engine, slots=2, max_prefill=2, start=False)
+    order = [0, 1, 2, 0, 2]
+    futures = [_submit(b, images, i) for i in order]
+    steps = 0
+    while not all(f.done() for f in futures):
+        b.step()
+        steps += 1
+    d = engine.model.action_dim
+    assert steps == 3 * d  # two slots: pairs of requests, then the last one alone
+    for f, i in zip(futures, order, strict=True):
+        res = f.result()
+        np.testing.assert_allclose(res.action, want[i], atol=1e-6)
+        assert res.batch_size <= 2
+    stats = b.stats()
+    assert stats["requests"] == 5 and stats["latency_ms_p99"] >= stats["latency_ms_p50"] > 0
+    b.close()
+
+
+def test_threads_share_the_worker_and_close_refuses_new_requests(engine: OpenVLAEngine, images: list[np.ndarray],
+                                                                 want: np.ndarray) -> None:
+    b = ContinuousBatcher(engine, slots=3, max_prefill=3)
+    results: dict[int, BatchedPrediction] = {}
+    barrier = threading.Barrier(3)
+
+    def robot(i: int) -> None:
+        barrier.wait()
+        for _ in range(2):
+            results[i] = b.predict(images[i], INSTRUCTIONS[i])
+
+    threads = [threading.Thread(target=robot, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i in range(3):
+        np.testing.assert_allclose(results[i].action, want[i], atol=1e-6)
+    np.testing.assert_allclose(b.predict_action(images, INSTRUCTIONS), want, atol=1e-6)  # the service's interface
+    b.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        b.predict(images[0], INSTRUCTIONS[0])
+
+
+def test_a_failing_step_fails_its_requests_and_the_next_ones_are_served(engine: OpenVLAEngine,
+                                                                        images: list[np.ndarray], want: np.ndarray,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    b = ContinuousBatcher(engine, slots=2, max_prefill=1, start=False)
+    running = _submit(b, images, 0)
+    b.step()
+    real = engine.prefill_embeddings
+
+    def broken(*args: object) -> torch.Tensor:
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    monkeypatch.setattr(engine, "prefill_embeddings", broken)
+    joining = _submit(b, images, 1)
+    b.step()
+    for f in (running, joining):
+        with pytest.raises(RuntimeError, match="illegal memory"):
+            f.result(timeout=0)
+    monkeypatch.setattr(engine, "prefill_embeddings", real)
+    after = _submit(b, images, 2)
+    while not after.done():
+        b.step()
+    np.testing.assert_allclose(after.result().action, want[2], atol=1e-6)
+    b.close()
+
+
+def test_bad_requests_get_clear_errors(engine: OpenVLAEngine, tiny_model: OpenVLA, images: list[np.ndarray]) -> None:
+    b = ContinuousBatcher(engine, slots=1, max_prompt_tokens=8, start=False)
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        b.submit(b.prepare_inputs([images[2]], [INSTRUCTIONS[2]]))
+    with pytest.raises(ValueError, match="one of each"):
+        b.prepare_inputs(images[:2], INSTRUCTIONS[:1])
+    with pytest.raises(ValueError, match="OpenVLAEngine"):
+        ContinuousBatcher(tiny_model)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_prefill"):
+        ContinuousBatcher(engine, slots=2, max_prefill=3)
+    b.close()
+
+
+def test_warmup_leaves_idle_slots_and_no_records(engine: OpenVLAEngine, images: list[np.ndarray],
+                                                 want: np.ndarray) -> None:
+    b = ContinuousBatcher(engine, slots=2, max_prefill=2, start=False)
+    b.warmup(INSTRUCTIONS[0])
+    assert b.stats() == {}
+    assert not bool(b._active.any())
+    b.start()
+    with pytest.raises(RuntimeError, match="before start"):
+        b.warmup()
+    np.testing.assert_allclose(b.predict(images[1], INSTRUCTIONS[1]).action, want[1], atol=1e-6)
+    b.close()
