@@ -6,11 +6,12 @@ the locally built one of a tiny checkpoint, which keeps the real id layout), the
   - engine throughput (actions/s) at batch 8 and 32,
   - peak GPU memory of the engine at batch 1,
   - token agreement between the engine and the eager loop on the same inputs,
-  - N simulated robots (threads, as N inference services) at R Hz each sharing the engine through
-    ``BatchedPolicy``: p50/p99 latency.
+  - N simulated robots (threads, as N inference services) at R Hz each sharing the engine, through
+    ``ContinuousBatcher`` (continuous batching, what the service uses) and ``BatchedPolicy`` (synchronous
+    batches with a bounded wait, for comparison): achieved rate, p50/p99 latency.
 Prints one JSON object.
 
-    python bench/openvla_latency.py [--iters 50] [--robots 8] [--rate 10] [--tiny]
+    python bench/openvla_latency.py [--iters 50] [--robots 8 16] [--rate 10] [--tiny]
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import numpy as np
 import torch
 
 from crane_x7_vla.models import OpenVLA, OpenVLAConfig, load_vla, make_tiny_checkpoint
-from crane_x7_vla.models.batcher import BatchedPolicy
+from crane_x7_vla.models.batcher import BatchedPolicy, SharedPolicy
+from crane_x7_vla.models.continuous import ContinuousBatcher
 from crane_x7_vla.models.engine import OpenVLAEngine
 from crane_x7_vla.models.presets import OPENVLA_7B
 
@@ -83,13 +85,20 @@ def build_model(tiny: bool, device: str) -> OpenVLA:
     return model.eval()
 
 
-def _robots(engine: OpenVLAEngine, image: np.ndarray, robots: int, rate: float, seconds: float,
-            max_wait_s: float) -> dict[str, Any]:
-    """``robots`` threads, each one robot's service calling the shared batcher at ``rate`` Hz (phases spread)."""
-    batched = BatchedPolicy(engine, max_batch=robots, max_wait_s=max_wait_s)
-    # Capture every batch size the run can meet before timing (a first capture takes seconds).
-    for b in range(1, robots + 1):
+def _shared(kind: str, engine: OpenVLAEngine, robots: int, max_wait_s: float, image: np.ndarray) -> SharedPolicy:
+    """The shared policy of ``robots`` robots, with every graph the run can meet captured before timing."""
+    if kind == "continuous":
+        shared: SharedPolicy = ContinuousBatcher(engine, slots=robots, start=False)
+        shared.warmup(INSTRUCTION)  # type: ignore[attr-defined]
+        shared.start()
+        return shared
+    for b in range(1, robots + 1):  # a first capture takes seconds
         engine.predict([image] * b, [INSTRUCTION] * b)
+    return BatchedPolicy(engine, max_batch=robots, max_wait_s=max_wait_s)
+
+
+def _robots(shared: SharedPolicy, image: np.ndarray, robots: int, rate: float, seconds: float) -> dict[str, Any]:
+    """``robots`` threads, each one robot's service calling the shared policy at ``rate`` Hz (phases spread)."""
     lock = threading.Lock()
     latencies: list[float] = []
     sizes: list[int] = []
@@ -103,9 +112,10 @@ def _robots(engine: OpenVLAEngine, image: np.ndarray, robots: int, rate: float, 
         end = start + seconds
         while t_next < end:
             time.sleep(max(0.0, t_next - time.perf_counter()))
-            res = batched.predict(image, INSTRUCTION)
+            t0 = time.perf_counter()
+            res = shared.predict(image, INSTRUCTION)
             with lock:
-                latencies.append(res.latency_s)
+                latencies.append(time.perf_counter() - t0)  # preprocessing in the caller's thread included
                 sizes.append(res.batch_size)
             t_next += period
             if time.perf_counter() > t_next:  # late: count it and re-phase instead of bursting to catch up
@@ -118,11 +128,12 @@ def _robots(engine: OpenVLAEngine, image: np.ndarray, robots: int, rate: float, 
         t.start()
     for t in threads:
         t.join()
-    batched.close()
+    shared.close()
     return {
-        "robots": robots, "rate_hz_each": rate, "requests": len(latencies), "max_wait_ms": max_wait_s * 1e3,
+        "robots": robots, "rate_hz_each": rate, "requests": len(latencies),
         "achieved_hz_total": len(latencies) / seconds,
         "latency_ms_p50": _pct(latencies, 50), "latency_ms_p99": _pct(latencies, 99),
+        "latency_ms_max": _pct(latencies, 100),
         "mean_batch": statistics.fmean(sizes), "missed_deadlines": missed,
     }
 
@@ -131,10 +142,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--eager-iters", type=int, default=15)
-    ap.add_argument("--robots", type=int, default=8)
+    ap.add_argument("--robots", type=int, nargs="+", default=[8], help="robot counts to serve (continuous batching)")
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--robot-seconds", type=float, default=10.0)
-    ap.add_argument("--max-wait-ms", type=float, default=4.0, help="batcher window for company")
+    ap.add_argument("--max-wait-ms", type=float, default=4.0, help="BatchedPolicy's window for company")
+    ap.add_argument("--skip-batched", action="store_true", help="leave out the synchronous BatchedPolicy run")
     ap.add_argument("--tiny", action="store_true", help="use the tiny architecture (CPU smoke run)")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -199,7 +211,15 @@ def main() -> None:
         agree += int(torch.equal(want, got))
     result["greedy_identical_fraction"] = agree / 16
 
-    result["multi_robot"] = _robots(engine, images[0], args.robots, args.rate, args.robot_seconds, args.max_wait_ms / 1e3)
+    wait = args.max_wait_ms / 1e3
+    result["multi_robot"] = [
+        _robots(_shared("continuous", engine, n, wait, images[0]), images[0], n, args.rate, args.robot_seconds)
+        for n in args.robots]
+    if not args.skip_batched:
+        n = args.robots[0]
+        result["multi_robot_batched"] = _robots(_shared("batched", engine, n, wait, images[0]), images[0], n,
+                                                args.rate, args.robot_seconds)
+        result["multi_robot_batched"]["max_wait_ms"] = args.max_wait_ms
     if not args.tiny:
         del engine, model
         if device == "cuda":

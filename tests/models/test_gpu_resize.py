@@ -39,8 +39,8 @@ def frames(rng: np.random.Generator, b: int, h: int, w: int, binary: bool = Fals
     return rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8)
 
 
-def assert_equals_pil(batch: np.ndarray, height: int, width: int) -> None:
-    got = resize_bicubic(torch.from_numpy(batch), height, width)
+def assert_equals_pil(batch: np.ndarray, height: int, width: int, device: str = "cpu") -> None:
+    got = resize_bicubic(torch.from_numpy(batch).to(device), height, width).cpu()
     assert got.shape == (len(batch), height, width, 3) and got.dtype == torch.uint8
     for i, img in enumerate(batch):
         want = pil_bicubic(img, height, width)
@@ -72,13 +72,17 @@ def test_named_sizes_equal_pil(src: tuple[int, int], dst: tuple[int, int]) -> No
     assert_equals_pil(frames(rng, 1, *src, binary=True), *dst)
 
 
-def test_random_sizes_equal_pil() -> None:
-    """1000 random size pairs (1..48 px, plus a few larger), random and 0/255 images."""
+def random_sizes_equal_pil(device: str, cases: int) -> None:
+    """Random size pairs (1..48 px, plus a few larger), random and 0/255 images."""
     rng = np.random.default_rng(7)
     sizes = [*range(1, 49), 64, 97, 128, 224]
-    for n in range(1000):
+    for n in range(cases):
         h_in, w_in, h, w = (int(s) for s in rng.choice(sizes, 4))
-        assert_equals_pil(frames(rng, 2, h_in, w_in, binary=n % 3 == 0), h, w)
+        assert_equals_pil(frames(rng, 2, h_in, w_in, binary=n % 3 == 0), h, w, device)
+
+
+def test_random_sizes_equal_pil() -> None:
+    random_sizes_equal_pil("cpu", 1000)
 
 
 def test_torch_bicubic_is_not_pil_bicubic() -> None:
@@ -130,11 +134,13 @@ def test_batch_on_the_device_path_gives_the_pil_paths_tensor(strategy: str, monk
     rng = np.random.default_rng(11)
     transform = ImageTransform(TOWERS, strategy)
     arrays = list(frames(rng, 3, 30, 50))
-    pil = transform.batch(arrays, "cpu")  # the CPU default: PIL in the thread pool
+    flipped = [a[:, ::-1] for a in arrays]  # non-contiguous views (a flip, a BGR->RGB swap) are fine too
+    pil, pil_flipped = transform.batch(arrays, "cpu"), transform.batch(flipped, "cpu")  # CPU default: PIL
     monkeypatch.setattr(ImageTransform, "resized_batch", _no_pil)
     assert torch.equal(transform.batch(arrays, "cpu", resize_on_device=True), pil)
     assert torch.equal(transform.batch([Image.fromarray(a) for a in arrays], "cpu", resize_on_device=True), pil)
     assert torch.equal(transform.batch(arrays[:1], "cpu", resize_on_device=True), pil[:1])
+    assert torch.equal(transform.batch(flipped, "cpu", resize_on_device=True), pil_flipped)
 
 
 def test_batch_dispatch_and_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,3 +191,10 @@ def test_cuda_batches_are_resized_on_the_gpu_with_pils_pixels(strategy: str, mon
     want = transform.normalize([torch.from_numpy(p).cuda() for p in pil])
     monkeypatch.setattr(ImageTransform, "resized_batch", _no_pil)
     assert torch.equal(transform.batch(arrays, "cuda"), want)  # CUDA: the device path by default
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_random_sizes_equal_pil_on_cuda() -> None:
+    random_sizes_equal_pil("cuda", 1000)
+    assert_equals_pil(frames(np.random.default_rng(14), 32, 480, 640), 224, 224, "cuda")
