@@ -97,6 +97,28 @@ def _shared(kind: str, engine: OpenVLAEngine, robots: int, max_wait_s: float, im
     return BatchedPolicy(engine, max_batch=robots, max_wait_s=max_wait_s)
 
 
+def _continuous_steps(engine: OpenVLAEngine, slots: int, iters: int) -> dict[str, float]:
+    """GPU time (ms, CUDA events) of each continuous-batching step kind with ``slots`` slots: one decode token
+    for every slot, plus the prefills of k admitted prompts. Graph replays only: the host's part is not in it."""
+    b = ContinuousBatcher(engine, slots=slots, start=False)
+    b.warmup(INSTRUCTION)
+    graphs = {"decode": b._decode_graph} | {f"prefill_{k}": a.graph for (k, _), a in sorted(b._admits.items())}
+    out = {}
+    for name, graph in graphs.items():
+        if graph is None or not torch.cuda.is_available():
+            continue
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        graph.replay()
+        start.record()
+        for _ in range(iters):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        out[f"{name}_ms"] = start.elapsed_time(end) / iters
+    b.close()
+    return out
+
+
 def _robots(shared: SharedPolicy, image: np.ndarray, robots: int, rate: float, seconds: float) -> dict[str, Any]:
     """``robots`` threads, each one robot's service calling the shared policy at ``rate`` Hz (phases spread)."""
     lock = threading.Lock()
@@ -212,6 +234,7 @@ def main() -> None:
     result["greedy_identical_fraction"] = agree / 16
 
     wait = args.max_wait_ms / 1e3
+    result["continuous_step_gpu"] = {str(n): _continuous_steps(engine, n, args.iters) for n in args.robots}
     result["multi_robot"] = [
         _robots(_shared("continuous", engine, n, wait, images[0]), images[0], n, args.rate, args.robot_seconds)
         for n in args.robots]

@@ -32,19 +32,23 @@ def _submit(b: ContinuousBatcher, images: list[np.ndarray], i: int) -> Future[Ba
     return b.submit(b.prepare_inputs([images[i]], [INSTRUCTIONS[i]]))
 
 
+@pytest.mark.parametrize("pipeline", [False, True])
 def test_prefills_join_running_decodes_and_match_the_eager_loop(engine: OpenVLAEngine, images: list[np.ndarray],
-                                                                want: np.ndarray) -> None:
+                                                                want: np.ndarray, pipeline: bool) -> None:
     d = engine.model.action_dim
-    b = ContinuousBatcher(engine, slots=3, max_prefill=2, start=False)
+    b = ContinuousBatcher(engine, slots=3, max_prefill=2, start=False, pipeline=pipeline)
     first = _submit(b, images, 0)
-    assert b.step() == 0  # request 0: prefill (token 1 of d)
+    b.step()  # request 0: prefill (token 1 of d)
     b.step()  # request 0: decode
     later = [_submit(b, images, 1), _submit(b, images, 2)]
     # Requests 1 and 2 (prompts of different lengths, one bucket) prefill in the step that decodes request 0.
-    finished = sum(b.step() for _ in range(d - 2))
-    assert finished == 1 and first.done() and not any(f.done() for f in later)
+    resolved = [b.step() for _ in range(d - 1)]  # calls 3 .. d + 1; request 0's last token is in step d
+    # Pipelined, a step's requests are resolved by the next call (it waits for the step behind the next one).
+    assert resolved.index(1) == (d - 2 if pipeline else d - 3)
+    assert first.done() and sum(resolved) == 1 and not any(f.done() for f in later)
     while not all(f.done() for f in later):
         b.step()
+    assert b.steps_run == d + 2  # requests 1 and 2 decoded alongside request 0, not after it
     got = [f.result() for f in [first, *later]]
     np.testing.assert_allclose(np.stack([g.action for g in got]), want, atol=1e-6)
     assert [g.batch_size for g in got] == [3, 3, 3]  # every request shared steps with the other two
@@ -54,15 +58,12 @@ def test_prefills_join_running_decodes_and_match_the_eager_loop(engine: OpenVLAE
 
 def test_more_requests_than_slots_wait_for_a_free_slot(engine: OpenVLAEngine, images: list[np.ndarray],
                                                        want: np.ndarray) -> None:
-    b = ContinuousBatcher(engine, slots=2, max_prefill=2, start=False)
+    b = ContinuousBatcher(engine, slots=2, max_prefill=2, start=False, pipeline=True)
     order = [0, 1, 2, 0, 2]
     futures = [_submit(b, images, i) for i in order]
-    steps = 0
     while not all(f.done() for f in futures):
         b.step()
-        steps += 1
-    d = engine.model.action_dim
-    assert steps == 3 * d  # two slots: pairs of requests, then the last one alone
+    assert b.steps_run == 3 * engine.model.action_dim  # two slots: pairs of requests, then the last one alone
     for f, i in zip(futures, order, strict=True):
         res = f.result()
         np.testing.assert_allclose(res.action, want[i], atol=1e-6)
@@ -74,7 +75,7 @@ def test_more_requests_than_slots_wait_for_a_free_slot(engine: OpenVLAEngine, im
 
 def test_threads_share_the_worker_and_close_refuses_new_requests(engine: OpenVLAEngine, images: list[np.ndarray],
                                                                  want: np.ndarray) -> None:
-    b = ContinuousBatcher(engine, slots=3, max_prefill=3)
+    b = ContinuousBatcher(engine, slots=3, max_prefill=3, pipeline=True)
     results: dict[int, BatchedPrediction] = {}
     barrier = threading.Barrier(3)
 

@@ -27,7 +27,7 @@ import math
 import queue
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,18 @@ class _Admit:
     positions: Tensor  # [k, T]
     slot_ids: Tensor  # [k] which slots the prompts take
     graph: torch.cuda.CUDAGraph | None = None
+
+
+@dataclass
+class _InFlight:
+    """A launched step: the requests it finishes (their rows' tokens copied out behind it) and its end event."""
+
+    requests: list[_Request] = field(default_factory=list)
+    peaks: list[int] = field(default_factory=list)  # most rows each shared a step with
+    starts: list[float] = field(default_factory=list)  # when each was admitted
+    rows: list[int] = field(default_factory=list)  # their slots
+    tokens: Tensor | None = None  # [slots, action_dim] on the CPU once the event has passed
+    event: torch.cuda.Event | None = None  # None on CPU: the step ran synchronously
 
 
 def _mixed_layer(xp: Tensor | None, xd: Tensor, rope_p: tuple[Tensor, Tensor] | None, rope_d: tuple[Tensor, Tensor],
@@ -106,11 +118,12 @@ class ContinuousBatcher(SharedPolicy):
     prompts one step admits (more wait for the next step; default ``min(4, slots)``: each costs the step a
     prefill, so admitting all at once would stall the running decodes); ``max_prompt_tokens``: the longest prompt the KV
     cache holds (longer ones are refused at submit). ``start=False`` leaves the worker thread off, for
-    driving :meth:`step` by hand."""
+    driving :meth:`step` by hand; ``pipeline`` (default: on CUDA) keeps the next step queued while the host
+    resolves the previous one (see :meth:`step`)."""
 
     def __init__(self, engine: OpenVLAEngine, *, slots: int = 8, max_prefill: int | None = None,
                  max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, unnorm_key: str | None = None,
-                 history: int = 2000, start: bool = True) -> None:
+                 history: int = 2000, start: bool = True, pipeline: bool | None = None) -> None:
         if not isinstance(engine, OpenVLAEngine):
             raise ValueError(f"continuous batching needs an OpenVLAEngine, got {type(engine).__name__}; "
                              "use BatchedPolicy for other policies")
@@ -156,7 +169,10 @@ class ContinuousBatcher(SharedPolicy):
         self._peak = [0] * slots
         self._started = [0.0] * slots
         self._waiting: list[_Request] = []
+        self._inflight: _InFlight | None = None
         self._stopping = False
+        self.steps_run = 0  # device steps launched
+        self.pipeline = engine.device.type == "cuda" if pipeline is None else pipeline
         super().__init__(engine, unnorm_key=unnorm_key, history=history, thread_name="vla-continuous",
                          start=start)
 
@@ -189,46 +205,97 @@ class ContinuousBatcher(SharedPolicy):
         for k in range(1, self.max_prefill + 1):
             for _ in range(k):
                 self.submit(inputs)
-            while self._queue.qsize() or self._waiting or any(r is not None for r in self._req):
+            while self._queue.qsize() or not self._idle():
                 self.step()
         self._done.clear()
 
     # ------------------------------------------------------------------ the worker
     def _serve(self) -> None:
-        while not (self._stopping and not self._waiting and all(r is None for r in self._req)):
+        while not (self._stopping and self._idle()):
             self.step(block=True)
         self._fail_queued()
 
     def step(self, block: bool = False) -> int:
-        """One engine step: admit waiting requests into free slots, run the forward, resolve finished slots.
-        With ``block``, wait for a request when every slot is idle. Returns how many requests finished."""
+        """Launch one engine step (admit waiting requests into free slots, decode the running ones), then resolve
+        the requests that the *previous* step finished, which waits for that step's GPU work while this one is
+        already queued: the GPU never idles on the host, and at most two steps are in flight (``pipeline``, the
+        default on CUDA; otherwise a step's requests are resolved as soon as it has run). With nothing to
+        launch, resolve what is in flight; with ``block`` and nothing at all to do, wait for a request.
+        Returns how many requests were resolved."""
         busy = any(r is not None for r in self._req)
-        self._pull(block=block and not busy and not self._waiting)
+        self._pull(block=block and not busy and not self._waiting and self._inflight is None)
         free = [s for s in range(self.slots) if self._req[s] is None]
         admit = self._waiting[: min(len(free), self.max_prefill)]
         del self._waiting[: len(admit)]
-        if not admit and not busy:
-            return 0
+        previous, self._inflight = self._inflight, None
+        launched = self._launch_step(admit, free[: len(admit)]) if admit or busy else None
+        resolved = 0 if previous is None else self._complete(previous)
+        if launched is not None:
+            if self.pipeline:
+                self._inflight = launched
+            else:  # the step has run (CPU): resolve it now, there is nothing to overlap with
+                resolved += self._complete(launched)
+        return resolved
+
+    def _launch_step(self, admit: list[_Request], new_slots: list[int]) -> _InFlight | None:
         start = time.perf_counter()
         running = [s for s in range(self.slots) if self._req[s] is not None]
-        new_slots = free[: len(admit)]
         try:
             self._launch(admit, new_slots)
         except Exception as exc:  # a failing step fails the requests in it, not the worker
             self._fail_slots(running, admit, exc)
-            return 0
+            return None
+        self.steps_run += 1
         for s, req in zip(new_slots, admit, strict=True):
-            self._req[s], self._count[s], self._started[s] = req, 0, start
+            self._req[s], self._count[s], self._peak[s], self._started[s] = req, 0, 0, start
         rows = len(running) + len(admit)
         finished = []
         for s in running + new_slots:
             self._count[s] += 1
-            self._peak[s] = max(self._peak[s] if s in running else 0, rows)
+            self._peak[s] = max(self._peak[s], rows)
             if self._count[s] == self.action_dim:
                 finished.append(s)
+        done = _InFlight()
         if finished:
-            self._finish(finished)
-        return len(finished)
+            # The finished rows' tokens, copied out behind the step; the slots are free for the next step
+            # (stream order: its prefill overwrites the rows only after this copy).
+            # All rows are copied ([slots, action_dim] ids: a few hundred bytes), so no index goes to the device.
+            tokens = self._out.to("cpu", non_blocking=True) if self._out.is_cuda else self._out.clone()
+            for s in finished:
+                fin = self._req[s]
+                assert fin is not None
+                done.requests.append(fin)
+                done.peaks.append(self._peak[s])
+                done.starts.append(self._started[s])
+                done.rows.append(s)
+                self._req[s] = None
+            done.tokens = tokens
+        if self.engine.device.type == "cuda":
+            done.event = torch.cuda.Event()
+            done.event.record()
+        return done
+
+    def _complete(self, step: _InFlight) -> int:
+        """Wait for a launched step and resolve the requests it finished."""
+        try:
+            if step.event is not None:
+                step.event.synchronize()
+            if not step.requests:
+                return 0
+            assert step.tokens is not None
+            actions = self.engine.model.decode_actions(step.tokens[step.rows], self.unnorm_key)
+        except Exception as exc:
+            for req in step.requests:
+                req.future.set_exception(exc)
+            return 0
+        end = time.perf_counter()
+        for req, peak, started, action in zip(step.requests, step.peaks, step.starts, actions, strict=True):
+            self._resolve(req, action, peak, started, end)
+        return len(step.requests)
+
+    def _idle(self) -> bool:
+        """Nothing waiting, running or in flight."""
+        return not self._waiting and self._inflight is None and all(r is None for r in self._req)
 
     def _pull(self, block: bool) -> None:
         """Move queued requests to the waiting list (blocking for the first one if asked)."""
@@ -242,20 +309,6 @@ class ContinuousBatcher(SharedPolicy):
                 item = self._queue.get_nowait()
         except queue.Empty:
             return
-
-    def _finish(self, finished: list[int]) -> None:
-        idx = torch.as_tensor(finished, device=self.engine.device)
-        try:
-            actions = self.engine.model.decode_actions(self._out.index_select(0, idx), self.unnorm_key)
-        except Exception as exc:
-            self._fail_slots(finished, [], exc)
-            return
-        end = time.perf_counter()
-        for s, action in zip(finished, actions, strict=True):
-            req = self._req[s]
-            assert req is not None
-            self._resolve(req, action, self._peak[s], self._started[s], end)
-            self._req[s] = None
 
     def _fail_slots(self, slots: list[int], admitted: list[_Request], exc: Exception) -> None:
         for s in slots:
@@ -317,11 +370,9 @@ class ContinuousBatcher(SharedPolicy):
             self._admits[(k, lp)] = a
         for i, r in enumerate(admit):
             a.pixel_values[i].copy_(r.inputs.pixel_values[0])
-        a.input_ids.copy_(ids)
-        a.gather_idx.copy_(gather)
-        a.key_valid.copy_(valid)
-        a.positions.copy_(positions)
-        a.slot_ids.copy_(torch.as_tensor(slots))
+        for dst, src in ((a.input_ids, ids), (a.gather_idx, gather), (a.key_valid, valid), (a.positions, positions),
+                         (a.slot_ids, torch.as_tensor(slots))):
+            _upload(dst, src)
         return a
 
     def _forward(self, a: _Admit | None) -> None:
@@ -368,6 +419,16 @@ class ContinuousBatcher(SharedPolicy):
         self._active.index_fill_(0, sl, d > 1)
         self._col.index_fill_(0, sl, t if d > 1 else scratch)
         self._valid.index_copy_(0, sl, F.pad(a.key_valid, (0, self.cache_len - t)))
+
+
+def _upload(dst: Tensor, src: Tensor) -> None:
+    """Copy a small CPU tensor into a device buffer without waiting for the GPU (a copy from pageable memory
+    waits for the stream: the host would stall on the step in flight). Pinned blocks come from torch's caching
+    host allocator, which reuses one only after the copies that read it have run."""
+    if dst.is_cuda:
+        dst.copy_(src.pin_memory(), non_blocking=True)
+    else:
+        dst.copy_(src)
 
 
 __all__ = ["DEFAULT_MAX_PROMPT_TOKENS", "BatchedPrediction", "ContinuousBatcher"]
