@@ -78,37 +78,37 @@ class _InFlight:
     event: torch.cuda.Event | None = None  # None on CPU: the step ran synchronously
 
 
-def _mixed_layer(xp: Tensor | None, xd: Tensor, rope_p: tuple[Tensor, Tensor] | None, rope_d: tuple[Tensor, Tensor],
-                 w: _LayerWeights, k_cache: Tensor, v_cache: Tensor, slot_ids: Tensor | None, mask_p: Tensor | None,
-                 rows: Tensor, heads: Tensor, cols: Tensor, mask_d: Tensor, nh: int, nkv: int,
-                 hd: int) -> tuple[Tensor | None, Tensor]:
-    """One decoder layer for ``k`` admitted prompts xp [k,T,H] (or None) and one token per slot xd [S,1,H].
+_Heads = tuple[Tensor, Tensor, Tensor]
 
-    The weight GEMMs run once over all k*T + S tokens; attention is per part: a prompt attends causally to
-    itself (and writes its K/V into its slot's columns [0, T)), a slot's token to its own cache row (after
-    writing its K/V at its column ``cols[s]``)."""
+
+def _mixed_in(xp: Tensor | None, xd: Tensor, rope_p: tuple[Tensor, Tensor] | None, rope_d: tuple[Tensor, Tensor],
+              w: _LayerWeights, nh: int, nkv: int, hd: int) -> tuple[Tensor, _Heads | None, _Heads]:
+    """First half of a decoder layer for ``k`` admitted prompts xp [k,T,H] (or None) and one token per slot
+    xd [S,1,H]: the q/k/v GEMM runs once over all k*T + S tokens. Returns the stacked input x [k*T + S, H] and
+    each part's rotated (q, k, v)."""
     s_rows, hidden = xd.shape[0], xd.shape[-1]
     n_p = 0 if xp is None else xp.shape[0] * xp.shape[1]
     x = xd.reshape(s_rows, hidden) if xp is None else torch.cat([xp.reshape(n_p, hidden), xd.reshape(s_rows, hidden)])
     qkv = F.linear(_rms_norm(x, w.ln1, w.eps), w.qkv)
-    att = []
+    prompt = None
     if xp is not None:
-        assert rope_p is not None and slot_ids is not None and mask_p is not None
-        k, t = xp.shape[0], xp.shape[1]
-        q, kk, v = _heads(qkv[:n_p], k, t, nh, nkv, hd)
-        q, kk = _rope(q, kk, *rope_p)
-        k_cache.narrow(2, 0, t).index_copy_(0, slot_ids, kk)
-        v_cache.narrow(2, 0, t).index_copy_(0, slot_ids, v)
-        att.append(_attend(q, kk, v, mask_p, nh, nkv).reshape(n_p, nh * hd))
-    q, kk, v = _heads(qkv[n_p:], s_rows, 1, nh, nkv, hd)
-    q, kk = _rope(q, kk, *rope_d)
-    k_cache.index_put_((rows[:, None], heads[None, :], cols[:, None]), kk[:, :, 0])
-    v_cache.index_put_((rows[:, None], heads[None, :], cols[:, None]), v[:, :, 0])
-    att.append(_attend(q, k_cache, v_cache, mask_d, nh, nkv).reshape(s_rows, nh * hd))
-    x = _mlp_residual(x, att[0] if len(att) == 1 else torch.cat(att), w)
-    if xp is None:
-        return None, x.reshape(s_rows, 1, hidden)
-    return x[:n_p].reshape(xp.shape), x[n_p:].reshape(s_rows, 1, hidden)
+        assert rope_p is not None
+        q, k, v = _heads(qkv[:n_p], xp.shape[0], xp.shape[1], nh, nkv, hd)
+        prompt = (*_rope(q, k, *rope_p), v)
+    q, k, v = _heads(qkv[n_p:], s_rows, 1, nh, nkv, hd)
+    return x, prompt, (*_rope(q, k, *rope_d), v)
+
+
+def _mixed_out(x: Tensor, prompt: _Heads | None, token: Tensor, k_cache: Tensor, v_cache: Tensor,
+               mask_p: Tensor | None, mask_d: Tensor, w: _LayerWeights, nh: int, nkv: int) -> Tensor:
+    """Second half: a prompt attends causally to itself, a slot's token to its own cache row (its K/V already
+    written); then one o-projection and MLP over all tokens. Returns the layer's output [k*T + S, H]."""
+    att = []
+    if prompt is not None:
+        assert mask_p is not None
+        att.append(_attend(*prompt, mask_p, nh, nkv).flatten(0, 1))
+    att.append(_attend(token, k_cache, v_cache, mask_d, nh, nkv).flatten(0, 1))
+    return _mlp_residual(x, att[0] if len(att) == 1 else torch.cat(att), w)
 
 
 class ContinuousBatcher(SharedPolicy):
@@ -157,12 +157,18 @@ class ContinuousBatcher(SharedPolicy):
         self._true = torch.ones(slots, device=dev, dtype=torch.bool)
         self._admits: dict[tuple[int, int], _Admit] = {}
         self._decode_graph: torch.cuda.CUDAGraph | None = None
-        self._layer: Callable[..., tuple[Tensor | None, Tensor]] = _mixed_layer
+        # The two halves of a layer are compiled (inductor fuses the norms, RoPE, SiLU and residuals); the K/V
+        # cache writes between them stay eager. Inside a compiled function an in-place write into a graph input
+        # (or a view of one) is functionalised into a copy of the whole cache (measured: the compiled step's time
+        # grew with the cache size, the eager one's did not), which at 8 slots costs more than the fusion saves.
+        self._in: Callable[..., tuple[Tensor, _Heads | None, _Heads]] = _mixed_in
+        self._out_half: Callable[..., Tensor] = _mixed_out
         if engine.use_cuda_graphs:
             import torch._dynamo.config as dynamo_config
 
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 128)
-            self._layer = torch.compile(_mixed_layer, dynamic=False, fullgraph=True)
+            self._in = torch.compile(_mixed_in, dynamic=False, fullgraph=True)
+            self._out_half = torch.compile(_mixed_out, dynamic=False, fullgraph=True)
         # Host mirror of the slots: the request each serves, how many tokens it has, most rows it shared a step with.
         self._req: list[_Request | None] = [None] * slots
         self._count = [0] * slots
@@ -391,10 +397,23 @@ class ContinuousBatcher(SharedPolicy):
             t = xp.shape[1]
             rope_p = lm.rotary_emb(xp, a.positions)
             mask_p = prefill_mask(a.key_valid, t)
+        nh, nkv, hd = eng.num_heads, eng.num_kv_heads, eng.head_dim
+        n_p = 0 if xp is None else xp.shape[0] * t
+        rows, heads = self._rows[:, None], self._heads[None, :]
+        x = None
         for i, w in enumerate(eng.fused):
-            xp, xd = self._layer(xp, xd, rope_p, rope_d, w, self._k[i], self._v[i],
-                                 None if a is None else a.slot_ids, mask_p, self._rows, self._heads, self._col,
-                                 mask_d, eng.num_heads, eng.num_kv_heads, eng.head_dim)
+            x, prompt, token = self._in(xp, xd, rope_p, rope_d, w, nh, nkv, hd)
+            k_cache, v_cache = self._k[i], self._v[i]
+            if prompt is not None:
+                assert a is not None
+                k_cache.narrow(2, 0, t).index_copy_(0, a.slot_ids, prompt[1])
+                v_cache.narrow(2, 0, t).index_copy_(0, a.slot_ids, prompt[2])
+            k_cache.index_put_((rows, heads, self._col[:, None]), token[1][:, :, 0])
+            v_cache.index_put_((rows, heads, self._col[:, None]), token[2][:, :, 0])
+            x = self._out_half(x, prompt, token[0], k_cache, v_cache, mask_p, mask_d, w, nh, nkv)
+            xd = x[n_p:].view(xd.shape)
+            if xp is not None:
+                xp = x[:n_p].view(xp.shape)
         # Decode rows: record the token of each active slot and advance it; finished slots go idle.
         act = self._active
         tok = eng.greedy_tokens(lm.norm(xd[:, 0]))
