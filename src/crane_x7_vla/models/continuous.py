@@ -178,6 +178,8 @@ class ContinuousBatcher(SharedPolicy):
         self._inflight: _InFlight | None = None
         self._stopping = False
         self.steps_run = 0  # device steps launched
+        # Its own graph memory pool: a pool lives as long as graphs captured into it, and the engine's may have none.
+        self._pool = torch.cuda.graph_pool_handle() if engine.use_cuda_graphs else None
         self.pipeline = engine.device.type == "cuda" if pipeline is None else pipeline
         super().__init__(engine, unnorm_key=unnorm_key, history=history, thread_name="vla-continuous",
                          start=start)
@@ -209,10 +211,11 @@ class ContinuousBatcher(SharedPolicy):
         size = self.engine.model.config.vision_towers[0].image_size
         inputs = self.prepare_inputs([np.zeros((size, size, 3), dtype=np.uint8)], [instruction])
         for k in range(1, self.max_prefill + 1):
-            for _ in range(k):
-                self.submit(inputs)
+            futures = [self.submit(inputs) for _ in range(k)]
             while self._queue.qsize() or not self._idle():
                 self.step()
+            for f in futures:  # a failed capture fails its requests: say so here, not at serving time
+                f.result()
         self._done.clear()
 
     # ------------------------------------------------------------------ the worker
@@ -342,7 +345,7 @@ class ContinuousBatcher(SharedPolicy):
                 # run's state updates so that the replay below is the step's only effect. (Its K/V writes are
                 # rewritten with the same values by the replay; keys past a slot's column stay masked.)
                 saved = [t.clone() for t in self._state()]
-                graph = capture_graph(lambda: self._forward(a), eng.device, eng.graph_pool())
+                graph = capture_graph(lambda: self._forward(a), eng.device, self._pool)
                 for t, v in zip(self._state(), saved, strict=True):
                     t.copy_(v)
                 if a is None:

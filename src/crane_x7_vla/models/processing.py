@@ -148,6 +148,7 @@ class ImageTransform:
     def __init__(self, towers: Sequence[ViTConfig], strategy: str = "resize-naive") -> None:
         self.towers = tuple(towers)
         self.strategy = strategy
+        self._stat_cache: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
 
     def resizes(self) -> list[tuple[int, tuple[int, int, int]]]:
         """Per tower, the (size, fill) of its resize; towers with equal ones share one resize (the fill, the
@@ -217,12 +218,22 @@ class ImageTransform:
         if len(pixels) not in (1, len(self.towers)):
             raise ValueError(f"normalize takes 1 or {len(self.towers)} pixel tensors, got {len(pixels)}")
         chans = []
-        for i, t in enumerate(self.towers):
+        for i in range(len(self.towers)):
             x = pixels[i if len(pixels) > 1 else 0].permute(0, 3, 1, 2).float() / 255.0  # [B,3,H,W]
-            mean = torch.tensor(t.mean, dtype=torch.float32, device=x.device)[None, :, None, None]
-            std = torch.tensor(t.std, dtype=torch.float32, device=x.device)[None, :, None, None]
+            mean, std = self._stats(i, x.device)
             chans.append((x - mean) / std)
         return torch.cat(chans, dim=1)
+
+    def _stats(self, tower: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """A tower's mean and std as [1,3,1,1] float32 tensors on ``device``, made once per device: building them
+        per call copies from pageable host memory, which on CUDA waits until the stream is idle (a caller
+        preprocessing beside a busy serving loop waited ~40 ms for it on an H200)."""
+        key = (tower, str(device))
+        if key not in self._stat_cache:
+            t = self.towers[tower]
+            self._stat_cache[key] = (torch.tensor(t.mean, dtype=torch.float32, device=device)[None, :, None, None],
+                                     torch.tensor(t.std, dtype=torch.float32, device=device)[None, :, None, None])
+        return self._stat_cache[key]
 
     def shared_size(self) -> int | None:
         """The input size every tower shares (so one resized frame serves all), or None when they differ."""

@@ -143,7 +143,8 @@ def resize_square(images: Tensor, size: int, strategy: str, fill: tuple[int, int
     if strategy == "letterbox":
         pad_x, pad_y = letterbox_padding(w, h)
         canvas = images.new_empty((b, h + 2 * pad_y, w + 2 * pad_x, c))
-        canvas[:] = torch.tensor(fill, dtype=torch.uint8, device=images.device)
+        for ch, value in enumerate(fill):  # fills, not a copy of a host tensor (that would wait for the GPU)
+            canvas[..., ch] = value
         canvas[:, pad_y : pad_y + h, pad_x : pad_x + w] = images
         return resize_bicubic(canvas, size, size)
     if strategy == "resize-crop":
