@@ -73,7 +73,7 @@ class InferenceSettings:
     # More robots served by this process, one rosbridge connection each (host, port); their model calls are
     # coalesced into shared batches (crane_x7_vla.models.batcher). Empty: the seed's one robot.
     extra_robots: tuple[tuple[str, int], ...] = ()
-    batch_wait_ms: float = 4.0  # how long a robot's request waits for company before its batch runs
+    batch_wait_ms: float = 4.0  # synchronous batches (no CUDA engine): how long a request waits for company
     hf_token: str | None = field(default=None, repr=False)  # HF Hub token: env only, never logged
 
     @property
