@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
+from robot_threads import predict_concurrently
 
 from crane_x7_vla.models import OpenVLA
 from crane_x7_vla.models.batcher import BatchedPolicy, stack_inputs
@@ -32,18 +31,7 @@ def test_concurrent_robots_share_one_call_and_get_their_own_actions(tiny_model: 
     want = [engine.predict(images[i : i + 1], INSTRUCTIONS[i : i + 1])[0] for i in range(3)]
     # A long window: the three requests, submitted together, must land in one batch.
     batched = BatchedPolicy(engine, max_batch=4, max_wait_s=2.0)
-    barrier = threading.Barrier(3)
-    results: dict[int, object] = {}
-
-    def robot(i: int) -> None:
-        barrier.wait()
-        results[i] = batched.predict(images[i], INSTRUCTIONS[i])
-
-    threads = [threading.Thread(target=robot, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    results = predict_concurrently(batched, images[:3], INSTRUCTIONS, timeout=30)
     batched.close()
     for i in range(3):
         res = results[i]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import Future
 
 import numpy as np
 import pytest
 import torch
+from robot_threads import predict_concurrently
 
 from crane_x7_vla.models import OpenVLA
 from crane_x7_vla.models.batcher import BatchedPrediction
@@ -76,19 +76,7 @@ def test_more_requests_than_slots_wait_for_a_free_slot(engine: OpenVLAEngine, im
 def test_threads_share_the_worker_and_close_refuses_new_requests(engine: OpenVLAEngine, images: list[np.ndarray],
                                                                  want: np.ndarray) -> None:
     b = ContinuousBatcher(engine, slots=3, max_prefill=3, pipeline=True)
-    results: dict[int, BatchedPrediction] = {}
-    barrier = threading.Barrier(3)
-
-    def robot(i: int) -> None:
-        barrier.wait()
-        for _ in range(2):
-            results[i] = b.predict(images[i], INSTRUCTIONS[i])
-
-    threads = [threading.Thread(target=robot, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results = predict_concurrently(b, images[:3], INSTRUCTIONS, repeats=2)
     for i in range(3):
         np.testing.assert_allclose(results[i].action, want[i], atol=1e-6)
     np.testing.assert_allclose(b.predict_action(images, INSTRUCTIONS), want, atol=1e-6)  # the service's interface
