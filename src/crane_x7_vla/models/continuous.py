@@ -13,8 +13,9 @@ State lives in static buffers on the device: ``slots`` rows of KV cache (the pro
 decode tokens after it, the last column a scratch column that idle rows write to), and per slot the current
 token, position, write column, token count and an active flag. A step updates all of them itself, so on
 CUDA each step kind (decode only, or ``k`` prefills + decode, per prompt-length bucket) is one CUDA graph
-and the host only copies new requests in and reads finished rows out. The host knows which slots finish at
-a step (every action has ``action_dim`` tokens), so it reads the device only then.
+and the host only copies new requests in and reads finished rows out, both without waiting for the GPU. The
+host knows which slots finish at a step (every action has ``action_dim`` tokens); it queues the next step
+before it waits for the one that finished them, so the GPU does not idle while the host resolves requests.
 
 The math per token is the engine's (:mod:`.engine`: fused q/k/v and gate/up GEMMs, float32 RMSNorm, the
 model's rotary embedding, greedy argmax over the full vocabulary), so on CPU in float32 the actions equal
@@ -403,7 +404,6 @@ class ContinuousBatcher(SharedPolicy):
         nh, nkv, hd = eng.num_heads, eng.num_kv_heads, eng.head_dim
         n_p = 0 if xp is None else xp.shape[0] * t
         rows, heads = self._rows[:, None], self._heads[None, :]
-        x = None
         for i, w in enumerate(eng.fused):
             x, prompt, token = self._in(xp, xd, rope_p, rope_d, w, nh, nkv, hd)
             k_cache, v_cache = self._k[i], self._v[i]
