@@ -403,7 +403,9 @@ class ContinuousBatcher(SharedPolicy):
             mask_p = prefill_mask(a.key_valid, t)
         nh, nkv, hd = eng.num_heads, eng.num_kv_heads, eng.head_dim
         n_p = 0 if xp is None else xp.shape[0] * t
-        rows, heads = self._rows[:, None], self._heads[None, :]
+        # Row (s, head, col[s]) of each cache viewed as [slots * heads * cache_len, head_dim]: one index for all
+        # layers, one index_copy_ kernel per write.
+        flat = ((self._rows[:, None] * nkv + self._heads[None, :]) * self.cache_len + self._col[:, None]).flatten()
         for i, w in enumerate(eng.fused):
             x, prompt, token = self._in(xp, xd, rope_p, rope_d, w, nh, nkv, hd)
             k_cache, v_cache = self._k[i], self._v[i]
@@ -411,8 +413,8 @@ class ContinuousBatcher(SharedPolicy):
                 assert a is not None
                 k_cache.narrow(2, 0, t).index_copy_(0, a.slot_ids, prompt[1])
                 v_cache.narrow(2, 0, t).index_copy_(0, a.slot_ids, prompt[2])
-            k_cache.index_put_((rows, heads, self._col[:, None]), token[1][:, :, 0])
-            v_cache.index_put_((rows, heads, self._col[:, None]), token[2][:, :, 0])
+            k_cache.view(-1, hd).index_copy_(0, flat, token[1].reshape(-1, hd))  # token K/V: [S, nkv, 1, hd]
+            v_cache.view(-1, hd).index_copy_(0, flat, token[2].reshape(-1, hd))
             x = self._out_half(x, prompt, token[0], k_cache, v_cache, mask_p, mask_d, w, nh, nkv)
             xd = x[n_p:].view(xd.shape)
             if xp is not None:
