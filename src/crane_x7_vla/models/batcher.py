@@ -9,7 +9,9 @@ left-padded to one length) and makes one ``predict_from_inputs`` call for all of
 own latency split (queue wait vs model time), and :meth:`BatchedPolicy.stats` summarises recent requests.
 
 :class:`BatchedPolicy` has the policy interface the inference service uses, so several services (one per
-robot connection) can share it as if it were the model.
+robot connection) can share it as if it were the model. That interface, the futures and the latency records
+live in :class:`SharedPolicy`, which :class:`~crane_x7_vla.models.continuous.ContinuousBatcher` (continuous
+batching over the CUDA engine) shares.
 """
 
 from __future__ import annotations
