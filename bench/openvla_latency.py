@@ -204,6 +204,12 @@ def main() -> None:
     model_only = _time(lambda: engine.generate(inputs, model.action_dim), args.iters)
     result["engine_b1_model_only_ms_p50"] = _pct(model_only, 50)
 
+    # The same without compiling the vision towers (a second engine over the same weights: views, no copy).
+    plain_vision = OpenVLAEngine(model, max_batch=1, compile_vision=False)
+    plain_vision.generate(inputs, model.action_dim)
+    result["engine_b1_model_only_ms_p50_vision_eager"] = _pct(
+        _time(lambda: plain_vision.generate(inputs, model.action_dim), args.iters), 50)
+
     for b in (8, 32):
         ims, ins = images[:b], [INSTRUCTION] * b
         engine.predict(ims, ins)

@@ -194,6 +194,7 @@ class OpenVLAEngine:
         use_cuda_graphs: bool | None = None,
         compile_decode: bool = True,
         compile_prefill: bool = True,
+        compile_vision: bool = True,
         exact_batch_upto: int = 8,
         min_batch: int = 1,
     ) -> None:
@@ -225,6 +226,11 @@ class OpenVLAEngine:
             compiled = torch.compile(_layer_forward, dynamic=False, fullgraph=True)
             self._decode_layer = compiled if compile_decode else _layer_forward
             self._prefill_layer = compiled if compile_prefill else _layer_forward
+        self._vision: Callable[[Tensor], Tensor] = self._vision_forward
+        if compile_vision and self.device.type == "cuda":
+            # The two towers and the projector are ~50 transformer blocks of small kernels; inductor fuses their
+            # norms, GELUs and residuals as it does the LLM layers'.
+            self._vision = torch.compile(self._vision_forward, dynamic=False)
         self.num_patches = model.config.vision_towers[0].num_patches
         self._graphs: dict[tuple[int, int, int, bool], _Graph] = {}
         self._caches: dict[tuple[int, int], tuple[list[Tensor], list[Tensor]]] = {}
@@ -467,9 +473,12 @@ class OpenVLAEngine:
         (:func:`prefill_layout`): text embeddings with the patch embeddings after BOS."""
         m = self.model
         with record_function("engine.vision"):
-            patches = m.projector(m.vision_backbone(pixel_values))  # [B,P,H]
+            patches = self._vision(pixel_values)  # [B,P,H]
         src = torch.cat([m.language_model.model.embed_tokens(input_ids), patches.to(m.dtype)], dim=1)  # [B,Lp+P,H]
         return src.gather(1, gather_idx[:, :, None].expand(-1, -1, src.shape[-1]))
+
+    def _vision_forward(self, pixel_values: Tensor) -> Tensor:
+        return self.model.projector(self.model.vision_backbone(pixel_values))  # type: ignore[no-any-return]
 
     def greedy_tokens(self, h: Tensor) -> Tensor:
         """Argmax over the full vocabulary of the final hidden states h [B,H] (the release's greedy decoding)."""
