@@ -144,8 +144,10 @@ class VLAActorCritic(nn.Module):
         if not isinstance(self.vla, OpenVLA):
             raise ValueError(f"the engine runs OpenVLA (Llama) models only, not {type(self.vla).__name__}; "
                              "set rollout.engine: off")
+        # The vision towers stay eager here: the trainer's forward runs them eagerly, and the rollout path with
+        # compiled towers has not been measured in a learning run.
         self._engine = OpenVLAEngine(self.vla, max_batch=max(batch, 1), min_batch=batch, exact_batch_upto=0,
-                                     use_cuda_graphs=use_cuda_graphs)
+                                     use_cuda_graphs=use_cuda_graphs, compile_vision=False)
         self._engine_version = self._lora_version()
 
     @property
