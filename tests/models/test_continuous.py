@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,4 +134,30 @@ def test_warmup_leaves_idle_slots_and_no_records(engine: OpenVLAEngine, images: 
     with pytest.raises(RuntimeError, match="before start"):
         b.warmup()
     np.testing.assert_allclose(b.predict(images[1], INSTRUCTIONS[1]).action, want[1], atol=1e-6)
+    b.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_steps_match_the_eager_loop(tiny_ckpt: Path, images: list[np.ndarray],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA every step kind is a captured graph that advances the slots' state itself: staggered requests
+    still get the eager loop's actions (float32, so kernels' rounding cannot flip a token)."""
+    from crane_x7_vla.models import load_vla
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the patch-embedding convolutions in fp32 too
+    model = load_vla(tiny_ckpt, device="cuda", dtype=torch.float32)
+    want = np.concatenate([model.predict_action(images[i : i + 1], INSTRUCTIONS[i : i + 1]) for i in range(3)])
+    b = ContinuousBatcher(OpenVLAEngine(model, text_bucket=8), slots=2, max_prefill=2, start=False)
+    assert b.pipeline
+    order = [0, 1, 2, 2, 0, 1, 1]
+    futures = [_submit(b, images, order[0])]
+    for i in order[1:]:  # one new request per step: prefills join running decodes in every step kind
+        b.step()
+        futures.append(_submit(b, images, i))
+    while not all(f.done() for f in futures):
+        b.step()
+    for f, i in zip(futures, order, strict=True):
+        np.testing.assert_allclose(f.result().action, want[i], atol=1e-5)
+    assert b._decode_graph is not None and b._admits
     b.close()
