@@ -199,8 +199,11 @@ class ImageTransform:
         if len(arrays) == len(images):
             # Frames already at the model's size (simulators render them so): every resize strategy leaves a
             # square image of the target size as it is (PIL's resize returns a copy), so skip PIL altogether and
-            # send one stacked uint8 array: the same pixels, without the per-frame PIL round trip.
-            return self.normalize([torch.from_numpy(np.stack(arrays)).to(device)])
+            # send one stacked uint8 array: the same pixels, without the per-frame PIL round trip. (Through pinned
+            # memory on CUDA, as below: a pageable copy would wait for whatever the GPU is running.)
+            same = _frames_on(arrays, device)
+            assert same is not None  # every frame is size x size x 3
+            return self.normalize([same])
         if resize_on_device is None:
             resize_on_device = torch.device(device).type == "cuda"
         if resize_on_device and (frames := _frames_on(images, device)) is not None:
