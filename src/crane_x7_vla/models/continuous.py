@@ -68,13 +68,20 @@ class _Admit:
 
 
 @dataclass
-class _InFlight:
-    """A launched step: the requests it finishes (their rows' tokens copied out behind it) and its end event."""
+class _Running:
+    """The host's record of an occupied slot."""
 
-    requests: list[_Request] = field(default_factory=list)
-    peaks: list[int] = field(default_factory=list)  # most rows each shared a step with
-    starts: list[float] = field(default_factory=list)  # when each was admitted
-    rows: list[int] = field(default_factory=list)  # their slots
+    request: _Request
+    admitted: float  # perf_counter at its prefill step
+    tokens: int = 0  # produced so far (it finishes at action_dim)
+    peak: int = 0  # most rows it shared a step with
+
+
+@dataclass
+class _InFlight:
+    """A launched step: the slots it finishes (their rows' tokens copied out behind it) and its end event."""
+
+    finished: list[tuple[int, _Running]] = field(default_factory=list)
     tokens: Tensor | None = None  # [slots, action_dim] on the CPU once the event has passed
     event: torch.cuda.Event | None = None  # None on CPU: the step ran synchronously
 
@@ -155,7 +162,6 @@ class ContinuousBatcher(SharedPolicy):
         self._active = torch.zeros(slots, device=dev, dtype=torch.bool)
         self._valid = torch.zeros(slots, self.cache_len, device=dev, dtype=torch.bool)  # keys each slot sees
         self._out = torch.zeros(slots, self.action_dim, device=dev, dtype=torch.long)  # tokens so far
-        self._true = torch.ones(slots, device=dev, dtype=torch.bool)
         self._admits: dict[tuple[int, int], _Admit] = {}
         self._decode_graph: torch.cuda.CUDAGraph | None = None
         # The two halves of a layer are compiled (inductor fuses the norms, RoPE, SiLU and residuals); the K/V
@@ -170,11 +176,7 @@ class ContinuousBatcher(SharedPolicy):
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 128)
             self._in = torch.compile(_mixed_in, dynamic=False, fullgraph=True)
             self._out_half = torch.compile(_mixed_out, dynamic=False, fullgraph=True)
-        # Host mirror of the slots: the request each serves, how many tokens it has, most rows it shared a step with.
-        self._req: list[_Request | None] = [None] * slots
-        self._count = [0] * slots
-        self._peak = [0] * slots
-        self._started = [0.0] * slots
+        self._slot: list[_Running | None] = [None] * slots  # host mirror of the slots
         self._waiting: list[_Request] = []
         self._inflight: _InFlight | None = None
         self._stopping = False
@@ -188,14 +190,7 @@ class ContinuousBatcher(SharedPolicy):
     # ------------------------------------------------------------------ the policy interface
     def prepare_inputs(self, images: Sequence[Any], instructions: Sequence[str]) -> ModelInputs:
         """Pixels on the device; prompt ids stay on the CPU (the worker lays them out without a device sync)."""
-        m = self.engine.model
-        if isinstance(instructions, str):
-            raise TypeError("instructions must be a sequence of strings (one per image), not a single string")
-        if len(images) != len(instructions) or not images:
-            raise ValueError(f"got {len(images)} images and {len(instructions)} instructions; pass one of each "
-                             "per request, at least one")
-        ids, mask = m.prepare_text(instructions)
-        return ModelInputs(m.image_transform.batch(images, m.device).to(m.dtype), ids, mask)
+        return self.engine.model.prepare_inputs(images, instructions, text_on_device=False)
 
     def _check(self, inputs: ModelInputs) -> None:
         length = inputs.input_ids.shape[1]
@@ -223,7 +218,6 @@ class ContinuousBatcher(SharedPolicy):
     def _serve(self) -> None:
         while not (self._stopping and self._idle()):
             self.step(block=True)
-        self._fail_queued()
 
     def step(self, block: bool = False) -> int:
         """Launch one engine step (admit waiting requests into free slots, decode the running ones), then resolve
@@ -232,9 +226,9 @@ class ContinuousBatcher(SharedPolicy):
         default on CUDA; otherwise a step's requests are resolved as soon as it has run). With nothing to
         launch, resolve what is in flight; with ``block`` and nothing at all to do, wait for a request.
         Returns how many requests were resolved."""
-        busy = any(r is not None for r in self._req)
+        busy = any(r is not None for r in self._slot)
         self._pull(block=block and not busy and not self._waiting and self._inflight is None)
-        free = [s for s in range(self.slots) if self._req[s] is None]
+        free = [s for s in range(self.slots) if self._slot[s] is None]
         admit = self._waiting[: min(len(free), self.max_prefill)]
         del self._waiting[: len(admit)]
         previous, self._inflight = self._inflight, None
@@ -249,7 +243,7 @@ class ContinuousBatcher(SharedPolicy):
 
     def _launch_step(self, admit: list[_Request], new_slots: list[int]) -> _InFlight | None:
         start = time.perf_counter()
-        running = [s for s in range(self.slots) if self._req[s] is not None]
+        running = [s for s in range(self.slots) if self._slot[s] is not None]
         try:
             self._launch(admit, new_slots)
         except Exception as exc:  # a failing step fails the requests in it, not the worker
@@ -257,29 +251,22 @@ class ContinuousBatcher(SharedPolicy):
             return None
         self.steps_run += 1
         for s, req in zip(new_slots, admit, strict=True):
-            self._req[s], self._count[s], self._peak[s], self._started[s] = req, 0, 0, start
+            self._slot[s] = _Running(req, start)
         rows = len(running) + len(admit)
-        finished = []
-        for s in running + new_slots:
-            self._count[s] += 1
-            self._peak[s] = max(self._peak[s], rows)
-            if self._count[s] == self.action_dim:
-                finished.append(s)
         done = _InFlight()
-        if finished:
-            # The finished rows' tokens, copied out behind the step; the slots are free for the next step
-            # (stream order: its prefill overwrites the rows only after this copy).
-            # All rows are copied ([slots, action_dim] ids: a few hundred bytes), so no index goes to the device.
-            tokens = self._out.to("cpu", non_blocking=True) if self._out.is_cuda else self._out.clone()
-            for s in finished:
-                fin = self._req[s]
-                assert fin is not None
-                done.requests.append(fin)
-                done.peaks.append(self._peak[s])
-                done.starts.append(self._started[s])
-                done.rows.append(s)
-                self._req[s] = None
-            done.tokens = tokens
+        for s in running + new_slots:
+            run = self._slot[s]
+            assert run is not None
+            run.tokens += 1
+            run.peak = max(run.peak, rows)
+            if run.tokens == self.action_dim:
+                done.finished.append((s, run))
+                self._slot[s] = None  # free for the next step
+        if done.finished:
+            # The finished rows' tokens, copied out behind the step (stream order: the next step's prefill
+            # overwrites the rows only after this copy). All rows are copied ([slots, action_dim] ids: a few
+            # hundred bytes), so no index goes to the device.
+            done.tokens = self._out.to("cpu", non_blocking=True) if self._out.is_cuda else self._out.clone()
         if self.engine.device.type == "cuda":
             done.event = torch.cuda.Event()
             done.event.record()
@@ -290,22 +277,22 @@ class ContinuousBatcher(SharedPolicy):
         try:
             if step.event is not None:
                 step.event.synchronize()
-            if not step.requests:
+            if not step.finished:
                 return 0
             assert step.tokens is not None
-            actions = self.engine.model.decode_actions(step.tokens[step.rows], self.unnorm_key)
+            actions = self.engine.model.decode_actions(step.tokens[[s for s, _ in step.finished]], self.unnorm_key)
         except Exception as exc:
-            for req in step.requests:
-                req.future.set_exception(exc)
+            for _, run in step.finished:
+                run.request.future.set_exception(exc)
             return 0
         end = time.perf_counter()
-        for req, peak, started, action in zip(step.requests, step.peaks, step.starts, actions, strict=True):
-            self._resolve(req, action, peak, started, end)
-        return len(step.requests)
+        for (_, run), action in zip(step.finished, actions, strict=True):
+            self._resolve(run.request, action, run.peak, run.admitted, end)
+        return len(step.finished)
 
     def _idle(self) -> bool:
         """Nothing waiting, running or in flight."""
-        return not self._waiting and self._inflight is None and all(r is None for r in self._req)
+        return not self._waiting and self._inflight is None and all(r is None for r in self._slot)
 
     def _pull(self, block: bool) -> None:
         """Move queued requests to the waiting list (blocking for the first one if asked)."""
@@ -322,10 +309,10 @@ class ContinuousBatcher(SharedPolicy):
 
     def _fail_slots(self, slots: list[int], admitted: list[_Request], exc: Exception) -> None:
         for s in slots:
-            req = self._req[s]
-            if req is not None:
-                req.future.set_exception(exc)
-            self._req[s] = None
+            run = self._slot[s]
+            if run is not None:
+                run.request.future.set_exception(exc)
+            self._slot[s] = None
         for req in admitted:
             req.future.set_exception(exc)
         with torch.inference_mode():  # idle rows write to the scratch column
@@ -390,7 +377,7 @@ class ContinuousBatcher(SharedPolicy):
         eng = self.engine
         lm = eng.model.language_model.model
         d, scratch = self.action_dim, self.cache_len - 1
-        self._valid.index_put_((self._rows, self._col), self._true)
+        self._valid.scatter_(1, self._col[:, None], True)  # each slot's new key column
         xd = lm.embed_tokens(self._cur[:, None])  # [S,1,H]
         rope_d = lm.rotary_emb(xd, self._pos[:, None])
         mask_d = self._valid[:, None, None, :]

@@ -500,10 +500,6 @@ class OpenVLAEngine:
         return tok
 
     def _capture(self, g: _Graph, d: int) -> None:
-        g.graph = capture_graph(lambda: self._run(g, d), self.device, self.graph_pool())
-
-    def graph_pool(self) -> Any:
-        """The memory pool every graph of this engine is captured into (shared: one request runs at a time)."""
-        if self._pool is None:
+        if self._pool is None:  # every graph of the engine shares one memory pool: one request runs at a time
             self._pool = torch.cuda.graph_pool_handle()
-        return self._pool
+        g.graph = capture_graph(lambda: self._run(g, d), self.device, self._pool)

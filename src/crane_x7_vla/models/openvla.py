@@ -77,7 +77,10 @@ class OpenVLA(VLABase):
         return torch.from_numpy(self.action_tokenizer.token_ids()).to(self.device)
 
     # ---------------------------------------------------------------- inputs
-    def prepare_inputs(self, images: Sequence[ImageLike], instructions: Sequence[str]) -> ModelInputs:
+    def prepare_inputs(self, images: Sequence[ImageLike], instructions: Sequence[str], *,
+                       text_on_device: bool = True) -> ModelInputs:
+        """Pixels normalised on the model's device; prompt ids there too, or on the CPU with
+        ``text_on_device=False`` (a serving loop lays them out on the host, and a copy back would wait for the GPU)."""
         if self.tokenizer is None:
             raise RuntimeError("this OpenVLA has no tokenizer; load it with load_vla(path)")
         if isinstance(instructions, str):
@@ -88,7 +91,8 @@ class OpenVLA(VLABase):
             raise ValueError("empty batch: pass at least one image and instruction")
         pixel_values = self.image_transform.batch(images, self.device)  # [B,3T,H,W], normalised on the device
         input_ids, attention_mask = self.prepare_text(instructions)
-        return ModelInputs(pixel_values, input_ids, attention_mask).to(self.device)
+        inputs = ModelInputs(pixel_values, input_ids, attention_mask)
+        return inputs.to(self.device) if text_on_device else inputs
 
     def prepare_text(self, instructions: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Instructions -> left-padded (input_ids [B,L], attention_mask [B,L]) on the CPU."""
