@@ -170,7 +170,6 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=4.0, help="BatchedPolicy's window for company")
     ap.add_argument("--skip-batched", action="store_true", help="leave out the synchronous BatchedPolicy run")
     ap.add_argument("--tiny", action="store_true", help="use the tiny architecture (CPU smoke run)")
-    ap.add_argument("--skip-minivla", action="store_true", help="leave out the MiniVLA row")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()
@@ -211,15 +210,6 @@ def main() -> None:
     result["engine_b1_model_only_ms_p50_vision_eager"] = _pct(
         _time(lambda: plain_vision.generate(inputs, model.action_dim), args.iters), 50)
 
-    # The same with the decode steps' GEMMs in cuBLAS (+ inductor-fused norms) instead of the Triton kernels.
-    result["engine_decode_kernels"] = engine.decode_kernels
-    if engine.decode_kernels:
-        cublas = OpenVLAEngine(model, max_batch=1, decode_kernels=False)
-        cublas.generate(inputs, model.action_dim)
-        result["engine_b1_model_only_ms_p50_cublas_decode"] = _pct(
-            _time(lambda: cublas.generate(inputs, model.action_dim), args.iters), 50)
-        del cublas
-
     for b in (8, 32):
         ims, ins = images[:b], [INSTRUCTION] * b
         engine.predict(ims, ins)
@@ -259,7 +249,7 @@ def main() -> None:
         result["multi_robot_batched"] = _robots(_shared("batched", engine, n, wait, images[0]), images[0], n,
                                                 args.rate, args.robot_seconds)
         result["multi_robot_batched"]["max_wait_ms"] = args.max_wait_ms
-    if not (args.tiny or args.skip_minivla):
+    if not args.tiny:
         del engine, model
         if device == "cuda":
             torch.cuda.empty_cache()

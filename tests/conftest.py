@@ -2,9 +2,6 @@
 
 MuJoCo fixes its GL backend when it is first imported; some dependencies (pytorch_kinematics via ManiSkill)
 import it early, so the default must be in place before any test module is collected.
-
-Without a GPU, Triton kernels run in Triton's CPU interpreter (tests/models/test_decode_kernels.py). Triton reads
-TRITON_INTERPRET when its modules are imported, so that too is set here, before anything imports it.
 """
 
 from __future__ import annotations
@@ -13,5 +10,3 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
-if not os.path.exists("/dev/nvidiactl"):
-    os.environ.setdefault("TRITON_INTERPRET", "1")

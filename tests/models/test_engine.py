@@ -108,11 +108,3 @@ def test_gumbel_sampling_follows_the_policy_distribution(tiny_model: OpenVLA, im
     entropy = float(outs[0].entropy[0, 0])  # the same for every row and draw
     mean, se = float(logp.mean()), float(logp.std()) / logp.shape[0] ** 0.5
     assert abs(mean + entropy) < 4 * se, (mean, -entropy, se)
-
-
-def test_kernel_decode_layer_matches_eager(tiny_model: OpenVLA, images: list[np.ndarray]) -> None:
-    """The decode steps through decode_kernels' ops (their torch reference on CPU) give the eager tokens."""
-    fused = OpenVLAEngine(tiny_model, max_batch=4, text_bucket=8, decode_kernels=True)
-    assert fused.decode_kernels
-    assert torch.equal(fused.generate(tiny_model.prepare_inputs(images, INSTRUCTIONS), 8),
-                       _eager_tokens(tiny_model, images, INSTRUCTIONS))

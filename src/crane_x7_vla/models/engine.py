@@ -16,7 +16,6 @@ function runs eagerly, which is how CI checks that it reproduces :func:`.generat
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -29,7 +28,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.profiler import record_function
 
-from crane_x7_vla.models import decode_kernels as dk
 from crane_x7_vla.models.config import ENGINE_TEXT_BUCKET
 from crane_x7_vla.models.generate import SampleOutput, action_logits, log_probs_and_entropy
 from crane_x7_vla.models.openvla import OpenVLA
@@ -122,32 +120,6 @@ def _layer_forward(x: Tensor, cos: Tensor, sin: Tensor, w: _LayerWeights, k_cach
     return _mlp_residual(x, _attend(q, k_cache, v_cache, mask, nh, nkv), w)
 
 
-def _attention_block(qkv: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, cache_idx: Tensor,
-                     mask: Tensor, nh: int, nkv: int, hd: int) -> Tensor:
-    """A decode step's attention from its fused q/k/v rows qkv [B, (nh + 2 nkv) hd]: RoPE, cache write, SDPA.
-    Returns [B, nh * hd] (the o-projection's input)."""
-    b = qkv.shape[0]
-    q, k, v = _heads(qkv, b, 1, nh, nkv, hd)
-    q, k = _rope(q, k, cos, sin)
-    k_cache.index_copy_(2, cache_idx, k)
-    v_cache.index_copy_(2, cache_idx, v)
-    return _attend(q, k_cache, v_cache, mask, nh, nkv).view(b, nh * hd)
-
-
-def _kernel_decode_layer(x: Tensor, cos: Tensor, sin: Tensor, w: _LayerWeights, k_cache: Tensor, v_cache: Tensor,
-                         cache_idx: Tensor, mask: Tensor, nh: int, nkv: int, hd: int,
-                         attention: Callable[..., Tensor] = _attention_block) -> Tensor:
-    """:func:`_layer_forward` for one token per row (x [B,1,H]) with the GEMMs and what surrounds them done by
-    :mod:`.decode_kernels` (norm + q/k/v, o + residual, norm + gate/up + SwiGLU, down + residual); on CPU those
-    are the same torch ops as :func:`_layer_forward`'s."""
-    b = x.shape[0]
-    h = x.view(b, -1)
-    att = attention(dk.norm_linear(h, w.ln1, w.eps, w.qkv), cos, sin, k_cache, v_cache, cache_idx, mask, nh, nkv, hd)
-    h = dk.linear_residual(att, w.o, h)
-    h = dk.linear_residual(dk.norm_swiglu(h, w.ln2, w.eps, w.gate_up), w.down, h)
-    return h.view(b, 1, -1)
-
-
 def _effective_weight(lin: torch.nn.Module) -> Tensor:
     """The weight a Linear (or a PEFT LoRA-wrapped Linear) applies: W, or W + sum of its active LoRA deltas."""
     if type(lin) is torch.nn.Linear:
@@ -225,7 +197,6 @@ class OpenVLAEngine:
         compile_vision: bool = True,
         exact_batch_upto: int = 8,
         min_batch: int = 1,
-        decode_kernels: bool | None = None,
     ) -> None:
         self.model = model.eval()
         self.max_batch = max_batch
@@ -243,11 +214,7 @@ class OpenVLAEngine:
         self.head_dim: int = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.layers: list[Any] = list(lm.layers)
         self.fused = self._fuse_weights()
-        # Decode steps through the fused Triton kernels (default: on CUDA with Triton, half precision).
-        self.decode_kernels = (self.device.type == "cuda" and dk.triton_available()
-                               and model.dtype in (torch.bfloat16, torch.float16)) if decode_kernels is None \
-            else decode_kernels
-        self._decode_layer: Callable[..., Tensor] = _kernel_decode_layer if self.decode_kernels else _layer_forward
+        self._decode_layer: Callable[..., Tensor] = _layer_forward
         self._prefill_layer: Callable[..., Tensor] = _layer_forward
         if (compile_decode or compile_prefill) and self.device.type == "cuda":
             # Inductor fuses each layer's ~30 small elementwise kernels (RMSNorm, RoPE, SiLU, residuals) into a
@@ -257,11 +224,7 @@ class OpenVLAEngine:
 
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 128)
             compiled = torch.compile(_layer_forward, dynamic=False, fullgraph=True)
-            if compile_decode and self.decode_kernels:  # inductor fuses RoPE and the cache writes between kernels
-                attention = torch.compile(_attention_block, dynamic=False, fullgraph=True)
-                self._decode_layer = functools.partial(_kernel_decode_layer, attention=attention)
-            elif compile_decode:
-                self._decode_layer = compiled
+            self._decode_layer = compiled if compile_decode else _layer_forward
             self._prefill_layer = compiled if compile_prefill else _layer_forward
         self._vision: Callable[[Tensor], Tensor] = self._vision_forward
         if compile_vision and self.device.type == "cuda":
