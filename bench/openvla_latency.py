@@ -170,6 +170,7 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=4.0, help="BatchedPolicy's window for company")
     ap.add_argument("--skip-batched", action="store_true", help="leave out the synchronous BatchedPolicy run")
     ap.add_argument("--tiny", action="store_true", help="use the tiny architecture (CPU smoke run)")
+    ap.add_argument("--skip-minivla", action="store_true", help="leave out the MiniVLA row")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()
@@ -249,7 +250,7 @@ def main() -> None:
         result["multi_robot_batched"] = _robots(_shared("batched", engine, n, wait, images[0]), images[0], n,
                                                 args.rate, args.robot_seconds)
         result["multi_robot_batched"]["max_wait_ms"] = args.max_wait_ms
-    if not args.tiny:
+    if not (args.tiny or args.skip_minivla):
         del engine, model
         if device == "cuda":
             torch.cuda.empty_cache()

@@ -108,3 +108,18 @@ def test_gumbel_sampling_follows_the_policy_distribution(tiny_model: OpenVLA, im
     entropy = float(outs[0].entropy[0, 0])  # the same for every row and draw
     mean, se = float(logp.mean()), float(logp.std()) / logp.shape[0] ** 0.5
     assert abs(mean + entropy) < 4 * se, (mean, -entropy, se)
+
+
+def test_prefill_layout_puts_padding_last() -> None:
+    """[BOS, patches, rest of the prompt, pads]: whatever side the input was padded on."""
+    from crane_x7_vla.models.engine import last_real, prefill_layout
+
+    am = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    gather, valid, positions = prefill_layout(am, num_patches=2, text_len=5)
+    # text columns index 0..4, patches 5..6 in cat(text, patches)
+    assert gather[0, :5].tolist() == [2, 5, 6, 3, 4] and valid[0].tolist() == [True] * 5 + [False] * 2
+    assert gather[1].tolist() == [0, 5, 6, 1, 2, 3, 4] and bool(valid[1].all())
+    assert gather[2, :4].tolist() == [0, 5, 6, 1] and valid[2].tolist() == [True] * 4 + [False] * 3
+    assert positions.tolist() == [[0, 1, 2, 3, 4, 4, 4], [0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 3, 3, 3]]
+    h = torch.arange(3 * 7, dtype=torch.float32).view(3, 7, 1)
+    assert last_real(h, positions)[:, 0].tolist() == [4.0, 13.0, 17.0]

@@ -37,7 +37,7 @@ def read_config_json(path: str | Path, hint: str) -> dict[str, Any]:
     return data
 
 
-# The engine left-pads prompts to a multiple of this many tokens (one CUDA graph per bucket). Here, torch-free, so
+# The engine pads prompts to a multiple of this many tokens (one CUDA graph per bucket). Here, torch-free, so
 # the RL memory planner can count the engine's KV cache without importing torch.
 ENGINE_TEXT_BUCKET = 16
 

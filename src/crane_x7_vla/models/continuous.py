@@ -46,8 +46,8 @@ from crane_x7_vla.models.engine import (
     _rms_norm,
     _rope,
     capture_graph,
+    last_real,
     prefill_layout,
-    prefill_mask,
 )
 from crane_x7_vla.models.processing import ModelInputs
 
@@ -108,13 +108,12 @@ def _mixed_in(xp: Tensor | None, xd: Tensor, rope_p: tuple[Tensor, Tensor] | Non
 
 
 def _mixed_out(x: Tensor, prompt: _Heads | None, token: Tensor, k_cache: Tensor, v_cache: Tensor,
-               mask_p: Tensor | None, mask_d: Tensor, w: _LayerWeights, nh: int, nkv: int) -> Tensor:
+               mask_d: Tensor, w: _LayerWeights, nh: int, nkv: int) -> Tensor:
     """Second half: a prompt attends causally to itself, a slot's token to its own cache row (its K/V already
     written); then one o-projection and MLP over all tokens. Returns the layer's output [k*T + S, H]."""
     att = []
     if prompt is not None:
-        assert mask_p is not None
-        att.append(_attend(*prompt, mask_p, nh, nkv).flatten(0, 1))
+        att.append(_attend(*prompt, None, nh, nkv).flatten(0, 1))
     att.append(_attend(token, k_cache, v_cache, mask_d, nh, nkv).flatten(0, 1))
     return _mlp_residual(x, att[0] if len(att) == 1 else torch.cat(att), w)
 
@@ -381,13 +380,12 @@ class ContinuousBatcher(SharedPolicy):
         xd = lm.embed_tokens(self._cur[:, None])  # [S,1,H]
         rope_d = lm.rotary_emb(xd, self._pos[:, None])
         mask_d = self._valid[:, None, None, :]
-        xp = rope_p = mask_p = None
+        xp = rope_p = None
         t = 0
         if a is not None:
             xp = eng.prefill_embeddings(a.pixel_values, a.input_ids, a.gather_idx)  # [k,T,H]
             t = xp.shape[1]
             rope_p = lm.rotary_emb(xp, a.positions)
-            mask_p = prefill_mask(a.key_valid, t)
         nh, nkv, hd = eng.num_heads, eng.num_kv_heads, eng.head_dim
         n_p = 0 if xp is None else xp.shape[0] * t
         # Row (s, head, col[s]) of each cache viewed as [slots * heads * cache_len, head_dim]: one index for all
@@ -402,7 +400,7 @@ class ContinuousBatcher(SharedPolicy):
                 v_cache.narrow(2, 0, t).index_copy_(0, a.slot_ids, prompt[2])
             k_cache.view(-1, hd).index_copy_(0, flat, token[1].reshape(-1, hd))  # token K/V: [S, nkv, 1, hd]
             v_cache.view(-1, hd).index_copy_(0, flat, token[2].reshape(-1, hd))
-            x = self._out_half(x, prompt, token[0], k_cache, v_cache, mask_p, mask_d, w, nh, nkv)
+            x = self._out_half(x, prompt, token[0], k_cache, v_cache, mask_d, w, nh, nkv)
             xd = x[n_p:].view(xd.shape)
             if xp is not None:
                 xp = x[:n_p].view(xp.shape)
@@ -420,7 +418,7 @@ class ContinuousBatcher(SharedPolicy):
         if a is None or xp is None:
             return
         # Admitted prompts: their first token, and their slots' decode state.
-        first = eng.greedy_tokens(lm.norm(xp[:, -1]))
+        first = eng.greedy_tokens(lm.norm(last_real(xp, a.positions)))
         sl = a.slot_ids
         self._out.index_fill_(0, sl, 0)
         self._out[:, 0].index_copy_(0, sl, first)

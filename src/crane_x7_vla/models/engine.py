@@ -5,7 +5,8 @@ The eager path (:mod:`.generate`) is launch-bound on a GPU: ~7 transformers forw
 *static* KV cache with fixed shapes, so one whole action — vision towers, projector, prefill and the
 ``action_dim - 1`` decode steps, argmax included — is captured once per (batch, prompt-length) bucket as a
 single CUDA graph and then replayed with one launch. Batches are padded up to a power of two and prompts are
-left-padded to a multiple of ``text_bucket`` tokens, so a handful of graphs covers every request.
+padded to a multiple of ``text_bucket`` tokens, so a handful of graphs covers every request. The padding goes
+after each prompt (:func:`prefill_layout`), so the prefill is plain causal attention (SDPA's flash kernel).
 
 The decoder layer is written functionally over the model's own weight tensors (q/k/v and gate/up are stacked
 once and the modules' weights become views, so no memory is added); its math is transformers' Llama layer
@@ -94,9 +95,10 @@ def _rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tenso
     return q * c + _rotate_half(q) * sn, k * c + _rotate_half(k) * sn
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, nh: int, nkv: int) -> Tensor:
-    """SDPA of q [B,nh,S,hd] over k/v [B,nkv,T,hd] -> [B,S,nh*hd] (the o-projection's input)."""
-    att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nkv != nh)
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, nh: int, nkv: int) -> Tensor:
+    """SDPA of q [B,nh,S,hd] over k/v [B,nkv,T,hd] -> [B,S,nh*hd] (the o-projection's input). ``mask=None``:
+    causal attention of a prompt over its own keys (S == T), which lets SDPA pick its flash kernel."""
+    att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=nkv != nh)
     b, _, s, hd = att.shape
     return att.transpose(1, 2).reshape(b, s, nh * hd)
 
@@ -110,14 +112,17 @@ def _mlp_residual(x: Tensor, att: Tensor, w: _LayerWeights) -> Tensor:
 
 
 def _layer_forward(x: Tensor, cos: Tensor, sin: Tensor, w: _LayerWeights, k_cache: Tensor, v_cache: Tensor,
-                   cache_idx: Tensor, mask: Tensor, nh: int, nkv: int, hd: int) -> Tensor:
-    """One Llama decoder layer over a static cache; x [B,S,H], cache_idx [S] slots to write, mask [B,1,S,Tmax]."""
+                   cache_idx: Tensor, mask: Tensor | None, nh: int, nkv: int, hd: int) -> Tensor:
+    """One Llama decoder layer over a static cache; x [B,S,H], cache_idx [S] slots to write. ``mask``
+    [B,1,S,Tmax]: attend over the cache (decode steps); None: a prompt laid out by :func:`prefill_layout`,
+    causal over its own keys."""
     b, s, _ = x.shape
     q, k, v = _heads(F.linear(_rms_norm(x, w.ln1, w.eps), w.qkv), b, s, nh, nkv, hd)
     q, k = _rope(q, k, cos, sin)
     k_cache.index_copy_(2, cache_idx, k)
     v_cache.index_copy_(2, cache_idx, v)
-    return _mlp_residual(x, _attend(q, k_cache, v_cache, mask, nh, nkv), w)
+    att = _attend(q, k, v, None, nh, nkv) if mask is None else _attend(q, k_cache, v_cache, mask, nh, nkv)
+    return _mlp_residual(x, att, w)
 
 
 def _effective_weight(lin: torch.nn.Module) -> Tensor:
@@ -140,33 +145,31 @@ def _effective_weight(lin: torch.nn.Module) -> Tensor:
 
 
 def prefill_layout(attention_mask: Tensor, num_patches: int, text_len: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Where each prefill slot's embedding comes from, for left-padded prompts of ``text_len`` columns.
+    """Where each prefill slot's embedding comes from, for prompts of ``text_len`` columns (``attention_mask``
+    [B, text_len]: 1 at the prompt's tokens, in order, wherever the padding is).
 
-    Per row the sequence is [pads..., BOS, patches (P), rest of the prompt]. Returns, each [B, text_len + P]:
-    ``gather`` (index into cat(text embeddings, patch embeddings) along the sequence), ``valid`` (False at
-    padding) and ``positions`` (contiguous per row from 0, as the release's position ids)."""
+    Per row the sequence is [BOS, patches (P), rest of the prompt, pads...]: the padding goes last, so every real
+    token's keys are the slots before it and a prompt needs only causal attention over itself (SDPA's flash
+    kernel, no mask; the pads' outputs are never read, and decode steps mask their keys). Returns, each
+    [B, text_len + P]: ``gather`` (index into cat(text embeddings, patch embeddings) along the sequence),
+    ``valid`` (False at padding) and ``positions`` (0, 1, ... over the real slots, as the release's position
+    ids; the pads repeat the last one, so ``positions[:, -1]`` is also the index of the last real slot)."""
     b, p, lp = attention_mask.shape[0], num_patches, text_len
-    am = attention_mask
-    first = am.argmax(dim=1)  # [B] BOS column
-    slot = torch.arange(lp + p, device=am.device)[None, :].expand(b, -1)
-    is_patch = (slot > first[:, None]) & (slot <= first[:, None] + p)
-    after = slot > first[:, None] + p
-    text_idx = torch.where(after, slot - p, slot)
-    patch_idx = lp + (slot - first[:, None] - 1)
-    gather = torch.where(is_patch, patch_idx, text_idx)
-    valid = torch.where(is_patch, torch.ones_like(am[:, :1], dtype=torch.bool),
-                        am.gather(1, text_idx.clamp(max=lp - 1)).bool())
-    positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+    real = attention_mask.bool()
+    n = real.sum(dim=1, keepdim=True)  # [B,1] prompt tokens per row
+    order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)  # the prompt's columns first, in order
+    slot = torch.arange(lp + p, device=real.device)[None, :].expand(b, -1)
+    is_patch = (slot >= 1) & (slot <= p)
+    nth = torch.where(slot > p, slot - p, torch.zeros_like(slot))  # which prompt token (0: BOS)
+    gather = torch.where(is_patch, lp + slot - 1, order.gather(1, nth.clamp(max=lp - 1)))
+    valid = is_patch | (nth < n)
+    positions = valid.long().cumsum(dim=1) - 1
     return gather, valid, positions
 
 
-def prefill_mask(key_valid: Tensor, t: int) -> Tensor:
-    """[B,1,T,Tmax] bool attention mask of a prompt's T positions over key_valid [B,Tmax] (keys past T False):
-    causal, real keys only; a padding row sees itself alone (a row that attends to nothing would be NaN)."""
-    tmax = key_valid.shape[1]
-    causal = torch.ones(t, tmax, device=key_valid.device, dtype=torch.bool).tril()
-    mask = causal[None, None] & key_valid[:, None, None, :]
-    return mask | torch.eye(t, tmax, device=key_valid.device, dtype=torch.bool)[None, None]
+def last_real(h: Tensor, positions: Tensor) -> Tensor:
+    """Each row's hidden state at its last real prefill slot (h [B,T,H], ``positions`` from prefill_layout)."""
+    return h.gather(1, positions[:, -1:, None].expand(-1, 1, h.shape[-1]))[:, 0]
 
 
 def capture_graph(run: Callable[[], None], device: torch.device, pool: Any) -> torch.cuda.CUDAGraph:
@@ -433,7 +436,7 @@ class OpenVLAEngine:
         g.positions.copy_(positions)
 
     # ------------------------------------------------------------------ the static computation
-    def _trunk(self, x: Tensor, positions: Tensor, start: int, mask: Tensor, kv: tuple[list[Tensor], list[Tensor]]) -> Tensor:
+    def _trunk(self, x: Tensor, positions: Tensor, start: int, mask: Tensor | None, kv: tuple[list[Tensor], list[Tensor]]) -> Tensor:
         lm = self.model.language_model.model
         cos, sin = lm.rotary_emb(x, positions)
         s = x.shape[1]
@@ -454,7 +457,7 @@ class OpenVLAEngine:
         x = self.prefill_embeddings(g.pixel_values, g.input_ids, g.gather_idx)
         with record_function("engine.prefill"):
             key_valid = F.pad(g.key_valid, (0, tmax - t), value=False)  # [Bp, Tmax]
-            h = self._trunk(x, g.positions, 0, prefill_mask(key_valid, t), kv)[:, -1]  # [Bp,H]
+            h = last_real(self._trunk(x, g.positions, 0, None, kv), g.positions)  # [Bp,H]
             if g.hidden is not None:
                 g.hidden.copy_(h)
             tok = self._select(g, h, 0)
