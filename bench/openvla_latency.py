@@ -99,10 +99,12 @@ def _shared(kind: str, engine: OpenVLAEngine, robots: int, max_wait_s: float, im
 
 def _continuous_steps(engine: OpenVLAEngine, slots: int, iters: int) -> dict[str, float]:
     """GPU time (ms, CUDA events) of each continuous-batching step kind with ``slots`` slots: one decode token
-    for every slot, plus the prefills of k admitted prompts. Graph replays only: the host's part is not in it."""
+    for every slot, plus the prefills of k admitted prompts; and of the vision towers of k prompts, which run
+    on their own stream beside the steps. Graph replays only: the host's part is not in it."""
     b = ContinuousBatcher(engine, slots=slots, start=False)
     b.warmup(INSTRUCTION)
-    graphs = {"decode": b._decode_graph} | {f"prefill_{k}": a.graph for (k, _), a in sorted(b._admits.items())}
+    graphs = ({"decode": b._decode_graph} | {f"prefill_{k}": a.graph for (k, _), a in sorted(b._admits.items())}
+              | {f"vision_{k}": v.graph for k, v in sorted(b._visions.items())})
     out = {}
     for name, graph in graphs.items():
         if graph is None or not torch.cuda.is_available():

@@ -92,18 +92,18 @@ def test_a_failing_step_fails_its_requests_and_the_next_ones_are_served(engine: 
     b = ContinuousBatcher(engine, slots=2, max_prefill=1, start=False)
     running = _submit(b, images, 0)
     b.step()
-    real = engine.prefill_embeddings
+    real = engine.prefill_sequence
 
     def broken(*args: object) -> torch.Tensor:
         raise RuntimeError("CUDA error: an illegal memory access")
 
-    monkeypatch.setattr(engine, "prefill_embeddings", broken)
+    monkeypatch.setattr(engine, "prefill_sequence", broken)
     joining = _submit(b, images, 1)
     b.step()
     for f in (running, joining):
         with pytest.raises(RuntimeError, match="illegal memory"):
             f.result(timeout=0)
-    monkeypatch.setattr(engine, "prefill_embeddings", real)
+    monkeypatch.setattr(engine, "prefill_sequence", real)
     after = _submit(b, images, 2)
     while not after.done():
         b.step()

@@ -17,6 +17,7 @@ batching over the CUDA engine) shares.
 from __future__ import annotations
 
 import collections
+import contextlib
 import queue
 import threading
 import time
@@ -49,6 +50,7 @@ class _Request:
     inputs: ModelInputs
     submitted: float
     future: Future[BatchedPrediction]
+    ready: Any = None  # torch.cuda.Event after the request's device tensors were written (None on CPU)
 
 
 def stack_inputs(parts: Sequence[ModelInputs], pad_id: int) -> ModelInputs:
@@ -89,7 +91,12 @@ class SharedPolicy:
 
     # ------------------------------------------------------------------ the policy interface
     def prepare_inputs(self, images: Sequence[Any], instructions: Sequence[str]) -> ModelInputs:
-        return self.policy.prepare_inputs(images, instructions)  # type: ignore[no-any-return]
+        with self._caller_stream():
+            return self.policy.prepare_inputs(images, instructions)  # type: ignore[no-any-return]
+
+    def _caller_stream(self) -> contextlib.AbstractContextManager[Any]:
+        """The CUDA stream a caller's preprocessing and submits run on (default: the caller's current one)."""
+        return contextlib.nullcontext()
 
     def predict_from_inputs(self, inputs: ModelInputs, unnorm_key: str | None = None) -> np.ndarray:
         """(B, action_dim) for one caller's prepared rows, computed in a shared batch."""
@@ -97,8 +104,9 @@ class SharedPolicy:
             # Rows of one shared call are unnormalised with one key: it is the batcher's, not the caller's.
             raise ValueError(f"this batcher unnormalises with unnorm_key={self.unnorm_key!r}, got {unnorm_key!r}; "
                              f"pass the key to {type(self).__name__}(..., unnorm_key=...)")
-        rows = [self.submit(ModelInputs(inputs.pixel_values[i : i + 1], inputs.input_ids[i : i + 1],
-                                        inputs.attention_mask[i : i + 1])) for i in range(inputs.batch_size)]
+        with self._caller_stream():
+            rows = [self.submit(ModelInputs(inputs.pixel_values[i : i + 1], inputs.input_ids[i : i + 1],
+                                            inputs.attention_mask[i : i + 1])) for i in range(inputs.batch_size)]
         return np.stack([f.result().action for f in rows])
 
     def predict_action(self, images: Sequence[Any], instructions: Sequence[str]) -> np.ndarray:
@@ -106,17 +114,25 @@ class SharedPolicy:
 
     def predict(self, image: Any, instruction: str) -> BatchedPrediction:
         """One request, blocking: preprocess here, then wait for the shared call."""
-        return self.submit(self.prepare_inputs([image], [instruction])).result()
+        with self._caller_stream():
+            fut = self.submit(self.prepare_inputs([image], [instruction]))
+        return fut.result()
 
     def submit(self, inputs: ModelInputs) -> Future[BatchedPrediction]:
-        """Queue one prepared request (batch 1); the future resolves when its batch has run."""
+        """Queue one prepared request (batch 1); the future resolves when its batch has run. Device tensors
+        may still be being written on the caller's current CUDA stream: the worker waits for that stream's
+        work up to this call (an event), not for the whole device."""
         if self._closed:
             raise RuntimeError("the batcher is closed")
         if inputs.batch_size != 1:
             raise ValueError(f"submit takes one request (batch 1), got {inputs.batch_size}")
         self._check(inputs)
+        ready = None
+        if inputs.pixel_values.is_cuda:
+            ready = torch.cuda.Event()
+            ready.record()
         fut: Future[BatchedPrediction] = Future()
-        self._queue.put(_Request(inputs, time.perf_counter(), fut))
+        self._queue.put(_Request(inputs, time.perf_counter(), fut, ready))
         return fut
 
     def stats(self) -> dict[str, float]:

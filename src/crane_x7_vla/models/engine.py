@@ -474,10 +474,16 @@ class OpenVLAEngine:
     def prefill_embeddings(self, pixel_values: Tensor, input_ids: Tensor, gather_idx: Tensor) -> Tensor:
         """Vision towers + projector, then the prompt's sequence [B, T, H] laid out by ``gather_idx``
         (:func:`prefill_layout`): text embeddings with the patch embeddings after BOS."""
-        m = self.model
+        return self.prefill_sequence(self.patch_embeddings(pixel_values), input_ids, gather_idx)
+
+    def patch_embeddings(self, pixel_values: Tensor) -> Tensor:
+        """Vision towers + projector: [B, P, H] in the LLM's dtype."""
         with record_function("engine.vision"):
-            patches = self._vision(pixel_values)  # [B,P,H]
-        src = torch.cat([m.language_model.model.embed_tokens(input_ids), patches.to(m.dtype)], dim=1)  # [B,Lp+P,H]
+            return self._vision(pixel_values).to(self.model.dtype)
+
+    def prefill_sequence(self, patches: Tensor, input_ids: Tensor, gather_idx: Tensor) -> Tensor:
+        """The prompt's sequence [B, T, H] from its patch embeddings [B, P, H] and text ids (see above)."""
+        src = torch.cat([self.model.language_model.model.embed_tokens(input_ids), patches], dim=1)  # [B,Lp+P,H]
         return src.gather(1, gather_idx[:, :, None].expand(-1, -1, src.shape[-1]))
 
     def _vision_forward(self, pixel_values: Tensor) -> Tensor:
