@@ -173,6 +173,7 @@ def main() -> None:
     ap.add_argument("--skip-batched", action="store_true", help="leave out the synchronous BatchedPolicy run")
     ap.add_argument("--tiny", action="store_true", help="use the tiny architecture (CPU smoke run)")
     ap.add_argument("--skip-minivla", action="store_true", help="leave out the MiniVLA row")
+    ap.add_argument("--b1-only", action="store_true", help="stop after the batch-1 measurements")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()
@@ -212,6 +213,16 @@ def main() -> None:
     plain_vision.generate(inputs, model.action_dim)
     result["engine_b1_model_only_ms_p50_vision_eager"] = _pct(
         _time(lambda: plain_vision.generate(inputs, model.action_dim), args.iters), 50)
+
+    # The same with the two vision towers one after the other (one stream).
+    serial = OpenVLAEngine(model, max_batch=1, parallel_towers=False)
+    serial.generate(inputs, model.action_dim)
+    result["engine_b1_model_only_ms_p50_towers_serial"] = _pct(
+        _time(lambda: serial.generate(inputs, model.action_dim), args.iters), 50)
+
+    if args.b1_only:
+        print(json.dumps(result, indent=2))
+        return
 
     for b in (8, 32):
         ims, ins = images[:b], [INSTRUCTION] * b

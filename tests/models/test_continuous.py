@@ -159,5 +159,8 @@ def test_cuda_graph_steps_match_the_eager_loop(tiny_ckpt: Path, images: list[np.
         b.step()
     for f, i in zip(futures, order, strict=True):
         np.testing.assert_allclose(f.result().action, want[i], atol=1e-5)
-    assert b._decode_graph is not None and b._admits
+    assert b._decode_graph is not None and b._admits and b._visions
+    # The engine's own batch-1 graph (its two vision towers on two streams) gives the same actions.
+    assert b.engine._tower_stream is not None
+    np.testing.assert_allclose(b.engine.predict(images[2:3], INSTRUCTIONS[2:3]), want[2:3], atol=1e-5)
     b.close()
