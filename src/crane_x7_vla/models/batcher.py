@@ -50,7 +50,7 @@ class _Request:
     inputs: ModelInputs
     submitted: float
     future: Future[BatchedPrediction]
-    ready: Any = None  # torch.cuda.Event after the request's device tensors were written (None on CPU)
+    ready: torch.cuda.Event | None = None  # recorded after the request's device tensors were written (CUDA)
 
 
 def stack_inputs(parts: Sequence[ModelInputs], pad_id: int) -> ModelInputs:

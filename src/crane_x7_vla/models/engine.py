@@ -11,8 +11,9 @@ after each prompt (:func:`prefill_layout`), so the prefill is plain causal atten
 The decoder layer is written functionally over the model's own weight tensors (q/k/v and gate/up are stacked
 once and the modules' weights become views, so no memory is added); its math is transformers' Llama layer
 (float32 RMSNorm, rotate-half RoPE from the model's own rotary embedding, SiLU MLP). The vision towers,
-projector, embeddings, final norm and LM head are the model's own modules. On CPU (or with ``use_cuda_graphs=False``) the same static
-function runs eagerly, which is how CI checks that it reproduces :func:`.generate.predict_action`.
+projector, embeddings, final norm and LM head are the model's own modules; on CUDA the two vision towers run at
+once on two streams. On CPU (or with ``use_cuda_graphs=False``) the same static function runs eagerly, which is
+how CI checks that it reproduces :func:`.generate.predict_action`.
 """
 
 from __future__ import annotations
