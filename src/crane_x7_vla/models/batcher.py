@@ -216,6 +216,9 @@ class BatchedPolicy(SharedPolicy):
             if first is None:
                 break
             batch, stop = self._collect(first)
+            for r in batch:  # the callers' preprocessing may still run on their streams (see submit)
+                if r.ready is not None:
+                    torch.cuda.current_stream(r.inputs.pixel_values.device).wait_event(r.ready)
             start = time.perf_counter()
             try:
                 actions = np.asarray(self.policy.predict_from_inputs(

@@ -467,12 +467,12 @@ class OpenVLAEngine:
         embed = m.language_model.model.embed_tokens
         x = self.prefill_embeddings(g.pixel_values, g.input_ids, g.gather_idx)
         with record_function("engine.prefill"):
-            key_valid = F.pad(g.key_valid, (0, tmax - t), value=False)  # [Bp, Tmax]
             h = last_real(self._trunk(x, g.positions, 0, None, kv), g.positions)  # [Bp,H]
             if g.hidden is not None:
                 g.hidden.copy_(h)
             tok = self._select(g, h, 0)
         pos = g.positions[:, -1:]
+        key_valid = F.pad(g.key_valid, (0, tmax - t), value=False)  # [Bp, Tmax]: the keys decode steps see
         with record_function("engine.decode"):
             for step in range(1, d):
                 key_valid = key_valid.clone()

@@ -12,11 +12,11 @@ attention mask) stay contiguous per sample.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ from torch import Tensor
 
 from crane_x7_vla.models.config import ViTConfig
 from crane_x7_vla.models.resize import letterbox_padding, resize_crop_box, resize_square
+
+_T = TypeVar("_T")
 
 ImageLike = np.ndarray | Image.Image
 SPIECE_UNDERLINE = "▁"
@@ -150,34 +152,29 @@ class ImageTransform:
         self.strategy = strategy
         self._stat_cache: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
 
-    def resizes(self) -> list[tuple[int, tuple[int, int, int]]]:
-        """Per tower, the (size, fill) of its resize; towers with equal ones share one resize (the fill, the
-        tower's mean colour, only pads "letterbox" images, so it is (0, 0, 0) for the other strategies)."""
-        out = []
+    def _per_tower(self, resize: Callable[[int, tuple[int, int, int]], _T]) -> list[_T]:
+        """``resize(size, fill)`` for each tower's (size, fill), once per distinct pair: fused towers of one size
+        share one resize (the fill, the tower's mean colour, only pads "letterbox" images, so it is (0, 0, 0)
+        for the other strategies)."""
+        keys = []
         for t in self.towers:
             fill = (int(255 * t.mean[0]), int(255 * t.mean[1]), int(255 * t.mean[2]))
-            out.append((t.image_size, fill if self.strategy == "letterbox" else (0, 0, 0)))
-        return out
+            keys.append((t.image_size, fill if self.strategy == "letterbox" else (0, 0, 0)))
+        done: dict[tuple[int, tuple[int, int, int]], _T] = {}
+        for key in keys:
+            if key not in done:
+                done[key] = resize(*key)
+        return [done[key] for key in keys]
 
     def resized(self, image: ImageLike) -> list[np.ndarray]:
         """The PIL-resized uint8 [H,W,3] image each tower sees (fused towers share one resize)."""
         img = to_pil_rgb(image)
-        cache: dict[tuple[int, tuple[int, int, int]], np.ndarray] = {}
-        keys = self.resizes()
-        for size, fill in keys:
-            if (size, fill) not in cache:
-                cache[size, fill] = np.asarray(_resize(img, size, self.strategy, fill), dtype=np.uint8)
-        return [cache[key] for key in keys]
+        return self._per_tower(lambda size, fill: np.asarray(_resize(img, size, self.strategy, fill), dtype=np.uint8))
 
     def resized_on_device(self, frames: Tensor) -> list[Tensor]:
         """Per tower, uint8 [B,H,W,3] frames resized where they are (:func:`.resize.resize_square`, Pillow's
         bicubic bit for bit): the same pixels as :meth:`resized_batch`, as uint8 [B,h,w,3] tensors."""
-        cache: dict[tuple[int, tuple[int, int, int]], Tensor] = {}
-        keys = self.resizes()
-        for size, fill in keys:
-            if (size, fill) not in cache:
-                cache[size, fill] = resize_square(frames, size, self.strategy, fill)
-        return [cache[key] for key in keys]
+        return self._per_tower(lambda size, fill: resize_square(frames, size, self.strategy, fill))
 
     def __call__(self, image: ImageLike) -> Tensor:
         """[3*T, H, W] float32 on the CPU."""
