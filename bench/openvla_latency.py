@@ -1,7 +1,8 @@
 """OpenVLA-7B action latency on one GPU: the eager loop vs the static-cache CUDA-graph engine, in one run.
 
 Builds the full openvla-7b architecture with random weights on the GPU (nothing is downloaded; the tokenizer is
-the locally built one of a tiny checkpoint, which keeps the real id layout), then measures:
+built locally with the real id layout, and the prompt's words are single pieces so the prompt has the release's
+token count: 25 tokens + the appended "▁", a 288-token prefill with the 256 patches), then measures:
   - batch-1 predict p50/p99 (preprocessing included) for the eager loop and the engine,
   - engine throughput (actions/s) at batch 8 and 32,
   - peak GPU memory of the engine at batch 1,
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import statistics
 import tempfile
 import threading
@@ -34,6 +36,8 @@ from crane_x7_vla.models.batcher import BatchedPolicy, SharedPolicy
 from crane_x7_vla.models.continuous import ContinuousBatcher
 from crane_x7_vla.models.engine import OpenVLAEngine
 from crane_x7_vla.models.presets import OPENVLA_7B
+from crane_x7_vla.models.processing import build_prompt
+from crane_x7_vla.models.tiny import build_llama_style_tokenizer
 
 INSTRUCTION = "pick up the red cube and place it on the plate"
 
@@ -58,6 +62,12 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs) * 1e3, q))
 
 
+def prompt_words(text: str) -> list[str]:
+    """The words of ``text`` as tokenizer pieces ("▁word" after a space or at the start, "word" otherwise)."""
+    return [("▁" if m.start() == 0 or text[m.start() - 1] == " " else "") + m.group()
+            for m in re.finditer(r"[A-Za-z]+", text)]
+
+
 def build_model(tiny: bool, device: str) -> OpenVLA:
     tmp = Path(tempfile.mkdtemp())
     small = load_vla(make_tiny_checkpoint(tmp / "tiny", action_dim=7), device="cpu")
@@ -71,7 +81,8 @@ def build_model(tiny: bool, device: str) -> OpenVLA:
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device(device):
-            model = OpenVLA(config, tokenizer=small.tokenizer, norm_stats=small.norm_stats)
+            tokenizer = build_llama_style_tokenizer(prompt_words(build_prompt(INSTRUCTION)))
+            model = OpenVLA(config, tokenizer=tokenizer, norm_stats=small.norm_stats)
     finally:
         torch.set_default_dtype(prev)
     with torch.no_grad():  # small random weights keep activations finite through 32 layers
@@ -186,6 +197,7 @@ def main() -> None:
         "arch": "tiny" if args.tiny else "openvla-7b",
         "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
         "build_s": build_s, "torch": torch.__version__,
+        "prompt_tokens": int(model.prepare_inputs(images[:1], [INSTRUCTION]).input_ids.shape[1]),
     }
 
     eager = _time(lambda: model.predict_action(images[:1], [INSTRUCTION]), 3 + args.eager_iters)[3:]

@@ -125,3 +125,21 @@ def test_prompt_ids_are_cached_per_instruction_and_bounded(tiny_model: OpenVLA,
     assert len(tiny_model._prompt_ids) <= 4  # free-text instructions never grow it without bound
     with pytest.raises(ValueError, match="non-empty"):
         tiny_model.prepare_text(["  "])
+
+
+def test_tokenizer_words_are_single_pieces_with_the_real_special_ids() -> None:
+    from crane_x7_vla.models.tiny import BASE_VOCAB, UNDERLINE_ID, build_llama_style_tokenizer
+
+    prompt = build_prompt("pick up the red cube")  # "In: What action ... cube?\nOut:"
+    words = ["▁In", "▁What", "▁action", "▁should", "▁the", "▁robot", "▁take", "▁to", "▁pick", "▁up", "▁red",
+             "▁cube", "Out"]
+    tok = build_llama_style_tokenizer(words)
+    pieces = tok.convert_ids_to_tokens(tok(prompt).input_ids)
+    assert pieces == ["<s>", "▁In", ":", "▁What", "▁action", "▁should", "▁the", "▁robot", "▁take", "▁to", "▁pick",
+                      "▁up", "▁the", "▁red", "▁cube", "?", "<0x0A>", "Out", ":"]
+    assert tok.decode(tok(prompt).input_ids, skip_special_tokens=True) == prompt
+    assert tok.convert_tokens_to_ids("▁") == UNDERLINE_ID and tok.pad_token_id == BASE_VOCAB
+    # Other text still tokenizes (a word that is not in the list falls back to characters).
+    assert tok.convert_ids_to_tokens(tok("the plate").input_ids) == ["<s>", "▁the", "▁p", "l", "a", "t", "e"]
+    with pytest.raises(ValueError, match="ASCII letters"):
+        build_llama_style_tokenizer(["▁two words"])

@@ -104,26 +104,37 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, nh: int, nkv: 
     return att.transpose(1, 2).reshape(b, s, nh * hd)
 
 
-def _mlp_residual(x: Tensor, att: Tensor, w: _LayerWeights) -> Tensor:
-    """The rest of a decoder layer after attention: o-projection + residual, RMSNorm, SiLU MLP + residual."""
+def _mlp_split(x: Tensor, att: Tensor, w: _LayerWeights) -> tuple[Tensor, Tensor]:
+    """The rest of a decoder layer after attention: o-projection + residual, RMSNorm, SiLU MLP. Returns
+    (x + o-projection, MLP output), whose sum is the layer's output."""
     x = x + F.linear(att, w.o)
     h = _rms_norm(x, w.ln2, w.eps)
     gate, up = F.linear(h, w.gate_up).chunk(2, dim=-1)
-    return x + F.linear(F.silu(gate) * up, w.down)
+    return x, F.linear(F.silu(gate) * up, w.down)
 
 
-def _layer_forward(x: Tensor, cos: Tensor, sin: Tensor, w: _LayerWeights, k_cache: Tensor, v_cache: Tensor,
-                   cache_idx: Tensor, mask: Tensor | None, nh: int, nkv: int, hd: int) -> Tensor:
-    """One Llama decoder layer over a static cache; x [B,S,H], cache_idx [S] slots to write. ``mask``
-    [B,1,S,Tmax]: attend over the cache (decode steps); None: a prompt laid out by :func:`prefill_layout`,
-    causal over its own keys."""
+def _mlp_residual(x: Tensor, att: Tensor, w: _LayerWeights) -> Tensor:
+    """:func:`_mlp_split` with its residual added: the decoder layer's output."""
+    x, delta = _mlp_split(x, att, w)
+    return x + delta
+
+
+def _layer_forward(x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, w: _LayerWeights, k_cache: Tensor,
+                   v_cache: Tensor, cache_idx: Tensor, mask: Tensor | None, nh: int,
+                   nkv: int, hd: int) -> tuple[Tensor, Tensor]:
+    """One Llama decoder layer over a static cache; its input is x + delta [B,S,H] (delta None: x), cache_idx [S]
+    slots to write. ``mask`` [B,1,S,Tmax]: attend over the cache (decode steps); None: a prompt laid out by
+    :func:`prefill_layout`, causal over its own keys. Returns (x', delta') whose sum is the layer's output: the
+    last residual add is left to the next layer, where it fuses with that layer's RMSNorm into one kernel."""
+    if delta is not None:
+        x = x + delta
     b, s, _ = x.shape
     q, k, v = _heads(F.linear(_rms_norm(x, w.ln1, w.eps), w.qkv), b, s, nh, nkv, hd)
     q, k = _rope(q, k, cos, sin)
     k_cache.index_copy_(2, cache_idx, k)
     v_cache.index_copy_(2, cache_idx, v)
     att = _attend(q, k, v, None, nh, nkv) if mask is None else _attend(q, k_cache, v_cache, mask, nh, nkv)
-    return _mlp_residual(x, att, w)
+    return _mlp_split(x, att, w)
 
 
 def _effective_weight(lin: torch.nn.Module) -> Tensor:
@@ -219,8 +230,8 @@ class OpenVLAEngine:
         self.head_dim: int = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.layers: list[Any] = list(lm.layers)
         self.fused = self._fuse_weights()
-        self._decode_layer: Callable[..., Tensor] = _layer_forward
-        self._prefill_layer: Callable[..., Tensor] = _layer_forward
+        self._decode_layer: Callable[..., tuple[Tensor, Tensor]] = _layer_forward
+        self._prefill_layer: Callable[..., tuple[Tensor, Tensor]] = _layer_forward
         if (compile_decode or compile_prefill) and self.device.type == "cuda":
             # Inductor fuses each layer's ~30 small elementwise kernels (RMSNorm, RoPE, SiLU, residuals) into a
             # few; the compiled kernels are then captured in the CUDA graph like any other. Every bucket is its
@@ -453,9 +464,12 @@ class OpenVLAEngine:
         s = x.shape[1]
         idx = torch.arange(start, start + s, device=x.device)
         fn = self._decode_layer if s == 1 else self._prefill_layer
+        delta = None
         for i, w in enumerate(self.fused):
-            x = fn(x, cos, sin, w, kv[0][i], kv[1][i], idx, mask, self.num_heads, self.num_kv_heads, self.head_dim)
-        return lm.norm(x)  # type: ignore[no-any-return]
+            x, delta = fn(x, delta, cos, sin, w, kv[0][i], kv[1][i], idx, mask, self.num_heads, self.num_kv_heads,
+                          self.head_dim)
+        assert delta is not None
+        return x + delta  # the last layer's output (before the final norm)
 
     def _run(self, g: _Graph, d: int) -> None:
         # The named ranges let torch.profiler split CUDA time by phase (bench/profile_engine.py); a CUDA graph
@@ -464,10 +478,10 @@ class OpenVLAEngine:
         bp, t = g.batch, g.gather_idx.shape[1]
         kv = self._kv(bp, t + d)
         tmax = kv[0][0].shape[2]  # the shared cache may be longer than this bucket needs
-        embed = m.language_model.model.embed_tokens
+        embed, norm = m.language_model.model.embed_tokens, m.language_model.model.norm
         x = self.prefill_embeddings(g.pixel_values, g.input_ids, g.gather_idx)
         with record_function("engine.prefill"):
-            h = last_real(self._trunk(x, g.positions, 0, None, kv), g.positions)  # [Bp,H]
+            h = norm(last_real(self._trunk(x, g.positions, 0, None, kv), g.positions))  # [Bp,H]
             if g.hidden is not None:
                 g.hidden.copy_(h)
             tok = self._select(g, h, 0)
@@ -479,7 +493,7 @@ class OpenVLAEngine:
                 key_valid[:, t + step - 1] = True
                 pos = pos + 1
                 x = embed(tok[:, None])
-                h = self._trunk(x, pos, t + step - 1, key_valid[:, None, None, :], kv)[:, -1]
+                h = norm(self._trunk(x, pos, t + step - 1, key_valid[:, None, None, :], kv)[:, -1])
                 tok = self._select(g, h, step)
 
     def prefill_embeddings(self, pixel_values: Tensor, input_ids: Tensor, gather_idx: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ model, instead of decoding a constant clipped bin.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,13 @@ def tiny_vision_towers(image_size: int = 224, fused: bool = True) -> list[ViTCon
     return [dino, siglip] if fused else [siglip]
 
 
-def build_llama_style_tokenizer() -> Any:
-    """A Llama-2-shaped fast tokenizer (BPE, byte fallback, "▁" word marker) with the real special-id layout."""
+def build_llama_style_tokenizer(words: Sequence[str] = ()) -> Any:
+    """A Llama-2-shaped fast tokenizer (BPE, byte fallback, "▁" word marker) with the real special-id layout.
+
+    By default a word is one piece per character. ``words`` become single pieces, as common English words are in
+    Llama-2's 32k vocabulary; each is written as the tokenizer sees it: "▁word" after a space (or at the start of
+    the text), "word" after anything else (a newline, say). A benchmark passes its prompt's words so the prompt
+    has the release's token count; one piece per character makes OpenVLA's prompt ~3x longer."""
     from tokenizers import Tokenizer, decoders, models, normalizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -72,6 +78,21 @@ def build_llama_style_tokenizer() -> Any:
     for p in pieces:
         vocab[p] = len(vocab)
     merges = [("▁", chr(c)) for c in range(97, 123)]
+    for word in words:
+        body = word.removeprefix("▁")
+        if not (body.isascii() and body.isalpha()) or len(word) < 2:
+            raise ValueError(f"tokenizer words must be ASCII letters, optionally after '▁', got {word!r}")
+        # A chain of merges through the word's prefixes, left to right; every prefix is a piece. ("▁" keeps its
+        # real id, given below.)
+        for i in range(1, len(word)):
+            for piece in (word[:i], word[i]):
+                if piece != "▁":
+                    vocab.setdefault(piece, len(vocab))
+            if (word[:i], word[i]) not in merges:
+                merges.append((word[:i], word[i]))
+        vocab.setdefault(word, len(vocab))
+    if len(vocab) >= UNDERLINE_ID:
+        raise ValueError(f"too many tokenizer words: {len(vocab)} pieces would reach the id of '▁' ({UNDERLINE_ID})")
     filler = len(vocab)
     while len(vocab) < BASE_VOCAB:
         idx = len(vocab)
