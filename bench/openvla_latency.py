@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import re
 import statistics
 import tempfile
 import threading
@@ -36,8 +35,7 @@ from crane_x7_vla.models.batcher import BatchedPolicy, SharedPolicy
 from crane_x7_vla.models.continuous import ContinuousBatcher
 from crane_x7_vla.models.engine import OpenVLAEngine
 from crane_x7_vla.models.presets import OPENVLA_7B
-from crane_x7_vla.models.processing import build_prompt
-from crane_x7_vla.models.tiny import build_llama_style_tokenizer
+from crane_x7_vla.models.tiny import prompt_tokenizer
 
 INSTRUCTION = "pick up the red cube and place it on the plate"
 
@@ -62,12 +60,6 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs) * 1e3, q))
 
 
-def prompt_words(text: str) -> list[str]:
-    """The words of ``text`` as tokenizer pieces ("▁word" after a space or at the start, "word" otherwise)."""
-    return [("▁" if m.start() == 0 or text[m.start() - 1] == " " else "") + m.group()
-            for m in re.finditer(r"[A-Za-z]+", text)]
-
-
 def build_model(tiny: bool, device: str) -> OpenVLA:
     tmp = Path(tempfile.mkdtemp())
     small = load_vla(make_tiny_checkpoint(tmp / "tiny", action_dim=7), device="cpu")
@@ -81,8 +73,7 @@ def build_model(tiny: bool, device: str) -> OpenVLA:
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device(device):
-            tokenizer = build_llama_style_tokenizer(prompt_words(build_prompt(INSTRUCTION)))
-            model = OpenVLA(config, tokenizer=tokenizer, norm_stats=small.norm_stats)
+            model = OpenVLA(config, tokenizer=prompt_tokenizer(INSTRUCTION), norm_stats=small.norm_stats)
     finally:
         torch.set_default_dtype(prev)
     with torch.no_grad():  # small random weights keep activations finite through 32 layers

@@ -211,10 +211,11 @@ class SyntheticSimulator:
 # --- model -----------------------------------------------------------------------------------------------------
 def build_vla(name: str, device: torch.device, dtype: torch.dtype) -> Any:
     """The tiny test model, the learning run's from-scratch ``small`` model, or the full openvla-7b tree with
-    random weights (the tiny tokenizer keeps the real id layout; 8-dim action statistics come from the tiny
-    checkpoint)."""
+    random weights (a locally built tokenizer with the real id layout, in which the prompt has the release's token
+    count; 8-dim action statistics come from the tiny checkpoint)."""
     from crane_x7_vla.models import OpenVLA, OpenVLAConfig, load_vla, make_tiny_checkpoint
     from crane_x7_vla.models.presets import OPENVLA_7B
+    from crane_x7_vla.models.tiny import prompt_tokenizer
 
     tmp = Path(tempfile.mkdtemp())
     small = load_vla(make_tiny_checkpoint(tmp / "tiny", action_dim=ACTION_DIM), device="cpu")
@@ -232,7 +233,8 @@ def build_vla(name: str, device: torch.device, dtype: torch.dtype) -> Any:
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = OpenVLA(OpenVLAConfig.from_dict(cfg), tokenizer=small.tokenizer, norm_stats=small.norm_stats)
+            model = OpenVLA(OpenVLAConfig.from_dict(cfg), tokenizer=prompt_tokenizer(INSTRUCTION),
+                           norm_stats=small.norm_stats)
     finally:
         torch.set_default_dtype(prev)
     with torch.no_grad():  # small random weights keep activations finite through 32 layers

@@ -143,3 +143,8 @@ def test_tokenizer_words_are_single_pieces_with_the_real_special_ids() -> None:
     assert tok.convert_ids_to_tokens(tok("the plate").input_ids) == ["<s>", "▁the", "▁p", "l", "a", "t", "e"]
     with pytest.raises(ValueError, match="ASCII letters"):
         build_llama_style_tokenizer(["▁two words"])
+    # The benchmarks' tokenizer: the same pieces, from the instruction alone.
+    from crane_x7_vla.models.tiny import prompt_tokenizer
+
+    bench_tok = prompt_tokenizer("pick up the red cube")
+    assert bench_tok.convert_ids_to_tokens(bench_tok(prompt).input_ids) == pieces

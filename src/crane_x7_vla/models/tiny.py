@@ -12,6 +12,7 @@ model, instead of decoding a constant clipped bin.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from crane_x7_vla.models.loading import (
     save_pretrained,
 )
 from crane_x7_vla.models.openvla import OpenVLA
+from crane_x7_vla.models.processing import build_prompt
 from crane_x7_vla.robot import ACTION_LOWER, ACTION_UPPER
 from crane_x7_vla.utils.atomic import atomic_directory
 
@@ -113,6 +115,16 @@ def build_llama_style_tokenizer(words: Sequence[str] = ()) -> Any:
     if fast.pad_token_id != BASE_VOCAB or fast.convert_tokens_to_ids("▁") != UNDERLINE_ID:
         raise RuntimeError("tiny tokenizer id layout is wrong (PAD must be 32000 and '▁' 29871)")
     return fast
+
+
+def prompt_tokenizer(instruction: str) -> Any:
+    """A Llama-style tokenizer in which OpenVLA's prompt for ``instruction`` has the release's token count (its
+    words are single pieces, as in Llama-2's vocabulary): what a benchmark of the full-size model with random
+    weights tokenizes with, so that its prefill has the real length."""
+    prompt = build_prompt(instruction)
+    words = [("▁" if m.start() == 0 or prompt[m.start() - 1] == " " else "") + m.group()
+             for m in re.finditer(r"[A-Za-z]+", prompt)]
+    return build_llama_style_tokenizer(words)
 
 
 def crane_x7_dataset_statistics(action_dim: int = 8, key: str = "crane_x7") -> dict[str, Any]:
