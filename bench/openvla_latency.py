@@ -18,7 +18,6 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import tempfile
@@ -30,12 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from crane_x7_vla.models import OpenVLA, OpenVLAConfig, load_vla, make_tiny_checkpoint
+from crane_x7_vla.models import OpenVLA, load_vla, make_tiny_checkpoint
 from crane_x7_vla.models.batcher import BatchedPolicy, SharedPolicy
 from crane_x7_vla.models.continuous import ContinuousBatcher
 from crane_x7_vla.models.engine import OpenVLAEngine
 from crane_x7_vla.models.presets import OPENVLA_7B
-from crane_x7_vla.models.tiny import prompt_tokenizer
+from crane_x7_vla.models.tiny import random_openvla
 
 INSTRUCTION = "pick up the red cube and place it on the plate"
 
@@ -65,25 +64,7 @@ def build_model(tiny: bool, device: str) -> OpenVLA:
     small = load_vla(make_tiny_checkpoint(tmp / "tiny", action_dim=7), device="cpu")
     if tiny:
         return small.to(device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
-    cfg = copy.deepcopy(OPENVLA_7B)
-    cfg["norm_stats"] = small.norm_stats
-    config = OpenVLAConfig.from_dict(cfg)
-    torch.manual_seed(0)
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            model = OpenVLA(config, tokenizer=prompt_tokenizer(INSTRUCTION), norm_stats=small.norm_stats)
-    finally:
-        torch.set_default_dtype(prev)
-    with torch.no_grad():  # small random weights keep activations finite through 32 layers
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, 0.02)
-            elif "norm" in name or "scale_factor" in name:
-                p.fill_(1.0)
-            else:
-                p.zero_()
+    model = random_openvla(OPENVLA_7B, small.norm_stats, INSTRUCTION, device=device, dtype=torch.bfloat16)
     return model.eval()
 
 

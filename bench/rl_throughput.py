@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import importlib.metadata
 import json
 import math
@@ -213,9 +212,9 @@ def build_vla(name: str, device: torch.device, dtype: torch.dtype) -> Any:
     """The tiny test model, the learning run's from-scratch ``small`` model, or the full openvla-7b tree with
     random weights (a locally built tokenizer with the real id layout, in which the prompt has the release's token
     count; 8-dim action statistics come from the tiny checkpoint)."""
-    from crane_x7_vla.models import OpenVLA, OpenVLAConfig, load_vla, make_tiny_checkpoint
+    from crane_x7_vla.models import load_vla, make_tiny_checkpoint
     from crane_x7_vla.models.presets import OPENVLA_7B
-    from crane_x7_vla.models.tiny import prompt_tokenizer
+    from crane_x7_vla.models.tiny import random_openvla
 
     tmp = Path(tempfile.mkdtemp())
     small = load_vla(make_tiny_checkpoint(tmp / "tiny", action_dim=ACTION_DIM), device="cpu")
@@ -226,26 +225,7 @@ def build_vla(name: str, device: torch.device, dtype: torch.dtype) -> Any:
 
         key = next(iter(small.norm_stats))
         return build_small_model(SMALL_PRESETS["small"], small.norm_stats, key, seed=0).to(device=device, dtype=dtype)
-    cfg = copy.deepcopy(OPENVLA_7B)
-    cfg["norm_stats"] = small.norm_stats
-    torch.manual_seed(0)
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = OpenVLA(OpenVLAConfig.from_dict(cfg), tokenizer=prompt_tokenizer(INSTRUCTION),
-                           norm_stats=small.norm_stats)
-    finally:
-        torch.set_default_dtype(prev)
-    with torch.no_grad():  # small random weights keep activations finite through 32 layers
-        for pname, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, 0.02)
-            elif "norm" in pname or "scale_factor" in pname:
-                p.fill_(1.0)
-            else:
-                p.zero_()
-    return model
+    return random_openvla(OPENVLA_7B, small.norm_stats, INSTRUCTION, device=device, dtype=dtype)
 
 
 def make_sim(args: argparse.Namespace, device: torch.device, timer: Timer) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,3 +84,23 @@ def test_parameter_counts_match_the_spec(shapes: dict[str, tuple[int, ...]]) -> 
     assert _numel(shapes, "projector.") == pytest.approx(71e6, rel=0.01)
     assert _numel(shapes, "language_model.") == pytest.approx(6.739e9, rel=0.002)
     assert _numel(shapes, "") == pytest.approx(7.541e9, rel=0.002)
+
+
+def test_random_openvla_builds_the_benchmark_model_without_touching_the_preset() -> None:
+    """The benchmarks' full-size model with random weights, here at the tiny config's sizes."""
+    from crane_x7_vla.models.tiny import crane_x7_dataset_statistics, random_openvla, tiny_config_dict
+
+    stats = crane_x7_dataset_statistics(7)
+    config = tiny_config_dict(True, 224, stats)
+    before = repr(config)
+    model = random_openvla(config, stats, "pick up the red cube", device="cpu", dtype=torch.bfloat16)
+    assert repr(config) == before and torch.get_default_dtype() == torch.float32
+    params = dict(model.named_parameters())
+    assert all(p.dtype == torch.bfloat16 for p in params.values())
+    qkv = params["language_model.model.layers.0.self_attn.q_proj.weight"].float()
+    assert abs(qkv.std().item() - 0.02) < 0.002
+    assert all(bool((p == 1).all()) for n, p in params.items() if p.ndim == 1 and "norm" in n)
+    assert all(bool((p == 0).all()) for n, p in params.items() if n.endswith(".bias") and "norm" not in n)
+    # The prompt has the release's length: its words are single tokenizer pieces (+ BOS, + the appended "▁").
+    inputs = model.prepare_inputs([np.zeros((224, 224, 3), dtype=np.uint8)], ["pick up the red cube"])
+    assert inputs.input_ids.shape[1] == 20

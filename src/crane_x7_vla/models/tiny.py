@@ -11,6 +11,7 @@ model, instead of decoding a constant clipped bin.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Sequence
@@ -125,6 +126,34 @@ def prompt_tokenizer(instruction: str) -> Any:
     words = [("▁" if m.start() == 0 or prompt[m.start() - 1] == " " else "") + m.group()
              for m in re.finditer(r"[A-Za-z]+", prompt)]
     return build_llama_style_tokenizer(words)
+
+
+def random_openvla(config: dict[str, Any], norm_stats: dict[str, Any], instruction: str, *,
+                   device: torch.device | str, dtype: torch.dtype, seed: int = 0) -> OpenVLA:
+    """An OpenVLA of ``config`` (a config.json dict, such as ``presets.OPENVLA_7B``) built directly on ``device``
+    in ``dtype`` with small random weights: N(0, 0.02) matrices, unit norm weights and LayerScale factors, other
+    vectors zero, which keep activations finite through 32 layers. Its tokenizer is :func:`prompt_tokenizer`'s
+    for ``instruction``. For benchmarks of the full-size architecture: nothing is downloaded."""
+    cfg = copy.deepcopy(config)  # the preset stays as it is
+    cfg["norm_stats"] = norm_stats
+    torch.manual_seed(seed)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = OpenVLA(OpenVLAConfig.from_dict(cfg), tokenizer=prompt_tokenizer(instruction),
+                            norm_stats=norm_stats)
+    finally:
+        torch.set_default_dtype(prev)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.02)
+            elif "norm" in name or "scale_factor" in name:
+                p.fill_(1.0)
+            else:
+                p.zero_()
+    return model
 
 
 def crane_x7_dataset_statistics(action_dim: int = 8, key: str = "crane_x7") -> dict[str, Any]:
