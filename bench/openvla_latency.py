@@ -55,6 +55,16 @@ def _time(fn: Any, iters: int) -> list[float]:
     return out
 
 
+def _interleaved(fns: dict[str, Any], iters: int, rounds: int = 5) -> dict[str, list[float]]:
+    """Time several variants in alternating rounds, so that drifts of the GPU's clocks over the run fall on
+    all of them alike (one variant after another gave A/Bs off by as much as the effect measured)."""
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            out[name] += _time(fn, max(1, iters // rounds))
+    return out
+
+
 def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs) * 1e3, q))
 
@@ -187,22 +197,21 @@ def main() -> None:
         result["engine_b1_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
     result["speedup_b1_p50"] = result["eager_b1_ms_p50"] / result["engine_b1_ms_p50"]
 
-    # Model-only time (inputs prepared once): what the GPU spends per action.
+    # Model-only time (inputs prepared once): what the GPU spends per action. A/Bs over the same weights (the
+    # engines' fused weights are views, no copy): vision not compiled, the two towers on one stream, decode
+    # attention through SDPA instead of Triton. Timed in alternating rounds.
     inputs = model.prepare_inputs(images[:1], [INSTRUCTION])
-    model_only = _time(lambda: engine.generate(inputs, model.action_dim), args.iters)
-    result["engine_b1_model_only_ms_p50"] = _pct(model_only, 50)
-
-    # The same without compiling the vision towers (a second engine over the same weights: views, no copy).
-    plain_vision = OpenVLAEngine(model, max_batch=1, compile_vision=False)
-    plain_vision.generate(inputs, model.action_dim)
-    result["engine_b1_model_only_ms_p50_vision_eager"] = _pct(
-        _time(lambda: plain_vision.generate(inputs, model.action_dim), args.iters), 50)
-
-    # The same with the two vision towers one after the other (one stream).
-    serial = OpenVLAEngine(model, max_batch=1, parallel_towers=False)
-    serial.generate(inputs, model.action_dim)
-    result["engine_b1_model_only_ms_p50_towers_serial"] = _pct(
-        _time(lambda: serial.generate(inputs, model.action_dim), args.iters), 50)
+    variants = {"": engine,
+                "_vision_eager": OpenVLAEngine(model, max_batch=1, compile_vision=False),
+                "_towers_serial": OpenVLAEngine(model, max_batch=1, parallel_towers=False),
+                "_sdpa_attention": OpenVLAEngine(model, max_batch=1, triton_attention=False)}
+    tokens = {name: e.generate(inputs, model.action_dim) for name, e in variants.items()}  # captures
+    times = _interleaved({name: lambda e=e: e.generate(inputs, model.action_dim) for name, e in variants.items()},
+                         args.iters)
+    for name, ts in times.items():
+        result[f"engine_b1_model_only_ms_p50{name}"] = _pct(ts, 50)
+    result["variants_same_tokens"] = all(torch.equal(t, tokens[""]) for t in tokens.values())
+    del variants
 
     if args.b1_only:
         print(json.dumps(result, indent=2))

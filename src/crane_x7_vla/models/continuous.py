@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crane_x7_vla.models import decode_attention
 from crane_x7_vla.models.batcher import BatchedPrediction, SharedPolicy, _Request
 from crane_x7_vla.models.engine import (
     OpenVLAEngine,
@@ -103,11 +104,11 @@ class _InFlight:
 _Heads = tuple[Tensor, Tensor, Tensor]
 
 
-def _mixed_in(xp: Tensor | None, xd: Tensor, rope_p: tuple[Tensor, Tensor] | None, rope_d: tuple[Tensor, Tensor],
-              w: _LayerWeights, nh: int, nkv: int, hd: int) -> tuple[Tensor, _Heads | None, _Heads]:
+def _mixed_in(xp: Tensor | None, xd: Tensor, rope_p: tuple[Tensor, Tensor] | None, w: _LayerWeights, nh: int,
+              nkv: int, hd: int) -> tuple[Tensor, _Heads | None, Tensor]:
     """First half of a decoder layer for ``k`` admitted prompts xp [k,T,H] (or None) and one token per slot
-    xd [S,1,H]: the q/k/v GEMM runs once over all k*T + S tokens. Returns the stacked input x [k*T + S, H] and
-    each part's rotated (q, k, v)."""
+    xd [S,1,H]: the q/k/v GEMM runs once over all k*T + S tokens. Returns the stacked input x [k*T + S, H], the
+    prompts' rotated (q, k, v), and the tokens' q/k/v [S, (nh+2nkv)hd] (their RoPE goes with their attention)."""
     s_rows, hidden = xd.shape[0], xd.shape[-1]
     n_p = 0 if xp is None else xp.shape[0] * xp.shape[1]
     x = xd.reshape(s_rows, hidden) if xp is None else torch.cat([xp.reshape(n_p, hidden), xd.reshape(s_rows, hidden)])
@@ -117,19 +118,16 @@ def _mixed_in(xp: Tensor | None, xd: Tensor, rope_p: tuple[Tensor, Tensor] | Non
         assert rope_p is not None
         q, k, v = _heads(qkv[:n_p], xp.shape[0], xp.shape[1], nh, nkv, hd)
         prompt = (*_rope(q, k, *rope_p), v)
-    q, k, v = _heads(qkv[n_p:], s_rows, 1, nh, nkv, hd)
-    return x, prompt, (*_rope(q, k, *rope_d), v)
+    return x, prompt, qkv[n_p:]
 
 
-def _mixed_out(x: Tensor, prompt: _Heads | None, token: Tensor, k_cache: Tensor, v_cache: Tensor,
-               mask_d: Tensor, w: _LayerWeights, nh: int, nkv: int) -> Tensor:
-    """Second half: a prompt attends causally to itself, a slot's token to its own cache row (its K/V already
-    written); then one o-projection and MLP over all tokens. Returns the layer's output [k*T + S, H]."""
-    att = []
-    if prompt is not None:
-        att.append(_attend(*prompt, None, nh, nkv).flatten(0, 1))
-    att.append(_attend(token, k_cache, v_cache, mask_d, nh, nkv).flatten(0, 1))
-    return _mlp_residual(x, att[0] if len(att) == 1 else torch.cat(att), w)
+def _mixed_out(x: Tensor, prompt: _Heads | None, token_att: Tensor, w: _LayerWeights, nh: int, nkv: int) -> Tensor:
+    """Second half: a prompt attends causally to itself (the slots' tokens have attended their own cache rows:
+    ``token_att`` [S, nh*hd]); then one o-projection and MLP over all tokens. Returns the layer's output
+    [k*T + S, H]."""
+    if prompt is None:
+        return _mlp_residual(x, token_att, w)
+    return _mlp_residual(x, torch.cat([_attend(*prompt, None, nh, nkv).flatten(0, 1), token_att]), w)
 
 
 class ContinuousBatcher(SharedPolicy):
@@ -166,8 +164,6 @@ class ContinuousBatcher(SharedPolicy):
         self._k = [torch.zeros(shape, device=dev, dtype=dt) for _ in engine.layers]
         self._v = [torch.zeros(shape, device=dev, dtype=dt) for _ in engine.layers]
         scratch = self.cache_len - 1
-        self._rows = torch.arange(slots, device=dev)
-        self._heads = torch.arange(engine.num_kv_heads, device=dev)
         self._cur = torch.zeros(slots, device=dev, dtype=torch.long)  # last token of each slot
         self._pos = torch.zeros(slots, device=dev, dtype=torch.long)  # its position id
         self._col = torch.full((slots,), scratch, device=dev, dtype=torch.long)  # where its K/V go
@@ -188,7 +184,7 @@ class ContinuousBatcher(SharedPolicy):
         # cache writes between them stay eager. Inside a compiled function an in-place write into a graph input
         # (or a view of one) is functionalised into a copy of the whole cache (measured: the compiled step's time
         # grew with the cache size, the eager one's did not), which at 8 slots costs more than the fusion saves.
-        self._in: Callable[..., tuple[Tensor, _Heads | None, _Heads]] = _mixed_in
+        self._in: Callable[..., tuple[Tensor, _Heads | None, Tensor]] = _mixed_in
         self._out_half: Callable[..., Tensor] = _mixed_out
         if engine.use_cuda_graphs:
             import torch._dynamo.config as dynamo_config
@@ -456,7 +452,6 @@ class ContinuousBatcher(SharedPolicy):
         self._valid.scatter_(1, self._col[:, None], True)  # each slot's new key column
         xd = lm.embed_tokens(self._cur[:, None])  # [S,1,H]
         rope_d = lm.rotary_emb(xd, self._pos[:, None])
-        mask_d = self._valid[:, None, None, :]
         xp = rope_p = None
         t = 0
         if a is not None:
@@ -465,19 +460,19 @@ class ContinuousBatcher(SharedPolicy):
             rope_p = lm.rotary_emb(xp, a.positions)
         nh, nkv, hd = eng.num_heads, eng.num_kv_heads, eng.head_dim
         n_p = 0 if xp is None else xp.shape[0] * t
-        # Row (s, head, col[s]) of each cache viewed as [slots * heads * cache_len, head_dim]: one index for all
-        # layers, one index_copy_ kernel per write.
-        flat = ((self._rows[:, None] * nkv + self._heads[None, :]) * self.cache_len + self._col[:, None]).flatten()
+        # The slots' tokens: RoPE, K/V written at each slot's column and attention over its own cache row, in
+        # Triton's two kernels on CUDA (decode_attention), else the same math in torch.
+        attend = decode_attention.decode_attention if eng.triton_attention else decode_attention.reference
+        cos_d, sin_d = rope_d[0][:, 0], rope_d[1][:, 0]  # [S, hd]
         for i, w in enumerate(eng.fused):
-            x, prompt, token = self._in(xp, xd, rope_p, rope_d, w, nh, nkv, hd)
+            x, prompt, qkv_d = self._in(xp, xd, rope_p, w, nh, nkv, hd)
             k_cache, v_cache = self._k[i], self._v[i]
             if prompt is not None:
                 assert a is not None
                 k_cache.narrow(2, 0, t).index_copy_(0, a.slot_ids, prompt[1])
                 v_cache.narrow(2, 0, t).index_copy_(0, a.slot_ids, prompt[2])
-            k_cache.view(-1, hd).index_copy_(0, flat, token[1].reshape(-1, hd))  # token K/V: [S, nkv, 1, hd]
-            v_cache.view(-1, hd).index_copy_(0, flat, token[2].reshape(-1, hd))
-            x = self._out_half(x, prompt, token[0], k_cache, v_cache, mask_d, w, nh, nkv)
+            token_att = attend(qkv_d, cos_d, sin_d, k_cache, v_cache, self._col, self._valid, nh, nkv, hd)
+            x = self._out_half(x, prompt, token_att, w, nh, nkv)
             xd = x[n_p:].view(xd.shape)
             if xp is not None:
                 xp = x[:n_p].view(xp.shape)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.profiler import record_function
 
+from crane_x7_vla.models import decode_attention
 from crane_x7_vla.models.config import ENGINE_TEXT_BUCKET
 from crane_x7_vla.models.generate import SampleOutput, action_logits, log_probs_and_entropy
 from crane_x7_vla.models.openvla import OpenVLA
@@ -137,6 +138,13 @@ def _layer_forward(x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, w:
     return _mlp_split(x, att, w)
 
 
+def _layer_in(x: Tensor, delta: Tensor | None, w: _LayerWeights) -> tuple[Tensor, Tensor]:
+    """A layer up to its fused q/k/v projection: (x + delta, q/k/v [B,S,(nh+2nkv)hd])."""
+    if delta is not None:
+        x = x + delta
+    return x, F.linear(_rms_norm(x, w.ln1, w.eps), w.qkv)
+
+
 def _effective_weight(lin: torch.nn.Module) -> Tensor:
     """The weight a Linear (or a PEFT LoRA-wrapped Linear) applies: W, or W + sum of its active LoRA deltas."""
     if type(lin) is torch.nn.Linear:
@@ -211,6 +219,7 @@ class OpenVLAEngine:
         compile_prefill: bool = True,
         compile_vision: bool = True,
         parallel_towers: bool = True,
+        triton_attention: bool | None = None,
         exact_batch_upto: int = 8,
         min_batch: int = 1,
     ) -> None:
@@ -242,6 +251,19 @@ class OpenVLAEngine:
             compiled = torch.compile(_layer_forward, dynamic=False, fullgraph=True)
             self._decode_layer = compiled if compile_decode else _layer_forward
             self._prefill_layer = compiled if compile_prefill else _layer_forward
+        if triton_attention is None:
+            triton_attention = compile_decode and self.device.type == "cuda" and decode_attention.triton_available()
+        self.triton_attention = bool(triton_attention)
+        if triton_attention:
+            # Decode steps: RoPE, the cache writes and attention in two Triton kernels between the layer's two
+            # compiled halves (the q/k/v GEMM ends one, the o GEMM starts the other, so no fusion is lost).
+            probe = torch.empty(0, device=self.device)
+            if not decode_attention.usable(probe):
+                raise ValueError("triton_attention=True needs Triton and a CUDA model (or TRITON_INTERPRET=1 on CPU)")
+            on_gpu = self.device.type == "cuda" and compile_decode
+            self._layer_in = torch.compile(_layer_in, dynamic=False, fullgraph=True) if on_gpu else _layer_in
+            self._layer_out = torch.compile(_mlp_split, dynamic=False, fullgraph=True) if on_gpu else _mlp_split
+            self._decode_layer = self._triton_decode_layer
         self._vision: Callable[[Tensor], Tensor] = self._vision_forward
         self._tower_stream: torch.cuda.Stream | None = None
         backbone = model.vision_backbone
@@ -261,6 +283,16 @@ class OpenVLAEngine:
         self._caches: dict[tuple[int, int], tuple[list[Tensor], list[Tensor]]] = {}
         self._pool: Any = None
         self._lock = threading.Lock()
+
+    def _triton_decode_layer(self, x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, w: _LayerWeights,
+                             k_cache: Tensor, v_cache: Tensor, cache_idx: Tensor, mask: Tensor | None, nh: int,
+                             nkv: int, hd: int) -> tuple[Tensor, Tensor]:
+        """:func:`_layer_forward` of a decode step (S == 1, ``mask`` [B,1,1,T]) with its attention in Triton."""
+        assert mask is not None and x.shape[1] == 1
+        x, qkv = self._layer_in(x, delta, w)
+        att = decode_attention.decode_attention(qkv[:, 0], cos[:, 0], sin[:, 0], k_cache, v_cache, cache_idx,
+                                                mask[:, 0, 0], nh, nkv, hd)
+        return self._layer_out(x, att[:, None], w)  # type: ignore[no-any-return]
 
     def _linears(self, layer: Any) -> list[torch.nn.Module]:
         at, mlp = layer.self_attn, layer.mlp

@@ -1,0 +1,112 @@
+"""The decode step's Triton attention (RoPE + cache write + split-KV attention) computes the engine's math.
+
+Without a GPU the kernels run in Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET) in float32,
+where they must match the torch reference to float32 rounding; on a CUDA GPU also in bfloat16.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from crane_x7_vla.models import OpenVLA
+from crane_x7_vla.models import decode_attention as da
+from crane_x7_vla.models.engine import OpenVLAEngine
+
+needs_triton = pytest.mark.skipif(not da.triton_available(), reason="Triton is not installed (dev extra)")
+
+
+def _case(b: int, nh: int, nkv: int, hd: int, t: int, col: int | list[int], device: str, dtype: torch.dtype,
+          seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random inputs; ``col``: one write column for all rows, or one per row (continuous batching's slots)."""
+    cols = [col] * b if isinstance(col, int) else col
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randint(0, 4 * t, (b,), generator=g).float()
+    inv = 1.0 / 10000 ** (torch.arange(0, hd, 2).float() / hd)
+    emb = torch.cat([pos[:, None] * inv, pos[:, None] * inv], dim=-1)
+    valid = torch.rand(b, t, generator=g) < 0.7  # padded prompts leave holes
+    for row, c in enumerate(cols):
+        valid[row, c] = True
+        valid[row, c + 1 :] = False
+    case = {"qkv": torch.randn(b, (nh + 2 * nkv) * hd, generator=g), "cos": emb.cos(), "sin": emb.sin(),
+            "k": torch.randn(b, nkv, t, hd, generator=g), "v": torch.randn(b, nkv, t, hd, generator=g)}
+    out = {k: v.to(device=device, dtype=dtype) for k, v in case.items()}
+    out["valid"] = valid.to(device)
+    out["col"] = torch.tensor([col] if isinstance(col, int) else col, device=device)
+    return out
+
+
+def _compare(c: dict[str, torch.Tensor], nh: int, nkv: int, hd: int, tol: float, **kw: int) -> None:
+    k_ref, v_ref, k_got, v_got = c["k"].clone(), c["v"].clone(), c["k"].clone(), c["v"].clone()
+    args = (c["cos"], c["sin"])
+    want = da.reference(c["qkv"], *args, k_ref, v_ref, c["col"], c["valid"], nh, nkv, hd)
+    got = da.decode_attention(c["qkv"], *args, k_got, v_got, c["col"], c["valid"], nh, nkv, hd, **kw)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+    # The cache holds the rotated key and the value at the write column and is untouched elsewhere.
+    torch.testing.assert_close(k_got.float(), k_ref.float(), atol=tol, rtol=0)
+    assert torch.equal(v_got, v_ref)
+    assert not torch.equal(k_got, c["k"])
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    ("b", "nh", "nkv", "t", "col", "kw"),
+    [
+        (1, 4, 4, 50, 37, {}),  # default splits: the write column in an inner chunk
+        (3, 4, 2, 40, 5, {"splits": 4}),  # grouped K/V heads; the new key in the first chunk
+        (2, 2, 2, 37, 36, {"splits": 8, "block_t": 8}),  # the last chunk reaches past T
+        (2, 2, 1, 9, 8, {"splits": 1, "block_t": 4}),  # one chunk, several blocks
+        (3, 2, 2, 30, [29, 3, 17], {"splits": 4, "block_t": 8}),  # a write column per row (slots)
+    ],
+)
+def test_kernels_match_the_engine_math(b: int, nh: int, nkv: int, t: int, col: int | list[int],
+                                       kw: dict[str, int]) -> None:
+    _compare(_case(b, nh, nkv, 16, t, col, "cpu" if not torch.cuda.is_available() else "cuda", torch.float32),
+             nh, nkv, 16, 1e-5, **kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_kernels_in_bf16_at_openvla_sizes() -> None:
+    for b in (1, 8):
+        _compare(_case(b, 32, 32, 128, 300, 290, "cuda", torch.bfloat16, seed=b), 32, 32, 128, 2e-2)
+    _compare(_case(4, 32, 32, 128, 300, [299, 5, 290, 100], "cuda", torch.bfloat16), 32, 32, 128, 2e-2)
+
+
+def test_launch_config_keeps_chunks_short_but_not_tiny() -> None:
+    assert da.launch_config(304) == (16, 32, 1)  # openvla-7b at batch 1: 19 keys per chunk, one block each
+    assert da.launch_config(40) == (2, 32, 1)
+    assert da.launch_config(10) == (1, 16, 1)
+    assert da.launch_config(10_000) == (16, 64, 4)  # long caches: 16 chunks of several blocks
+
+
+def test_bad_shapes_are_named() -> None:
+    c = _case(1, 2, 2, 8, 10, 3, "cpu", torch.float32)
+    with pytest.raises(ValueError, match="qkv width"):
+        da.decode_attention(c["qkv"], c["cos"], c["sin"], c["k"], c["v"], c["col"], c["valid"], 4, 2, 8)
+    with pytest.raises(ValueError, match="caches"):
+        da.decode_attention(c["qkv"], c["cos"], c["sin"], c["k"][:, :, :5], c["v"], c["col"], c["valid"], 2, 2, 8)
+
+
+@pytest.mark.skipif(not (da.triton_available() and os.environ.get("TRITON_INTERPRET") == "1"),
+                    reason="the CPU engine runs Triton in its interpreter (on CUDA: test_continuous's graph test)")
+def test_engine_with_triton_attention_reproduces_the_eager_tokens(tiny_model: OpenVLA,
+                                                                  images: list[np.ndarray]) -> None:
+    from crane_x7_vla.models.generate import _decode_loop
+
+    instructions = ["pick up the red block", "go", "Place the blue cube on the green plate"]
+    lm_head = tiny_model.language_model.lm_head
+    with torch.inference_mode():
+        toks, _ = _decode_loop(tiny_model, tiny_model.prepare_inputs(images, instructions), tiny_model.action_dim,
+                               lambda h: lm_head(h).argmax(dim=-1))
+    want = torch.stack(toks, dim=1)
+    engine = OpenVLAEngine(tiny_model, max_batch=4, text_bucket=8, triton_attention=True)
+    assert engine._decode_layer == engine._triton_decode_layer
+    # Batch 3 (bucket 4): prompts of three lengths padded after their ends, so keys masked mid-cache. One call:
+    # the interpreter runs every program of every layer and step in Python.
+    got = engine.generate(tiny_model.prepare_inputs(images, instructions), 8)
+    assert torch.equal(got, want)
