@@ -78,10 +78,10 @@ def test_kernels_in_bf16_at_openvla_sizes() -> None:
 
 
 def test_launch_config_keeps_chunks_short_but_not_tiny() -> None:
-    assert da.launch_config(304) == (16, 32, 1)  # openvla-7b at batch 1: 19 keys per chunk, one block each
-    assert da.launch_config(40) == (2, 32, 1)
-    assert da.launch_config(10) == (1, 16, 1)
-    assert da.launch_config(10_000) == (16, 64, 4)  # long caches: 16 chunks of several blocks
+    assert da.launch_config(1, 32, 304) == (16, 16, 1)  # openvla-7b at batch 1: 512 programs of 19 keys
+    assert da.launch_config(8, 32, 304) == (8, 16, 1)  # batch 8: at most 2048 programs
+    assert da.launch_config(1, 32, 40) == (2, 16, 1)  # a short cache is not cut below 16 keys per chunk
+    assert da.launch_config(1, 32, 10) == (1, 16, 1)
 
 
 def test_bad_shapes_are_named() -> None:
@@ -94,19 +94,37 @@ def test_bad_shapes_are_named() -> None:
 
 @pytest.mark.skipif(not (da.triton_available() and os.environ.get("TRITON_INTERPRET") == "1"),
                     reason="the CPU engine runs Triton in its interpreter (on CUDA: test_continuous's graph test)")
-def test_engine_with_triton_attention_reproduces_the_eager_tokens(tiny_model: OpenVLA,
+def test_engine_with_triton_decode_kernels_reproduces_the_eager_tokens(tiny_model: OpenVLA,
                                                                   images: list[np.ndarray]) -> None:
     from crane_x7_vla.models.generate import _decode_loop
 
-    instructions = ["pick up the red block", "go", "Place the blue cube on the green plate"]
+    instructions = ["go", "Place the blue cube on the green plate"]
     lm_head = tiny_model.language_model.lm_head
     with torch.inference_mode():
-        toks, _ = _decode_loop(tiny_model, tiny_model.prepare_inputs(images, instructions), tiny_model.action_dim,
-                               lambda h: lm_head(h).argmax(dim=-1))
+        toks, _ = _decode_loop(tiny_model, tiny_model.prepare_inputs(images[:2], instructions),
+                               tiny_model.action_dim, lambda h: lm_head(h).argmax(dim=-1))
     want = torch.stack(toks, dim=1)
     engine = OpenVLAEngine(tiny_model, max_batch=4, text_bucket=8, triton_attention=True)
-    assert engine._decode_layer == engine._triton_decode_layer
-    # Batch 3 (bucket 4): prompts of three lengths padded after their ends, so keys masked mid-cache. One call:
+    assert engine._decode_layer == engine._triton_decode_layer and engine.triton_gemv
+    # Batch 2: prompts of two lengths, the shorter padded after its end, so keys masked mid-cache. One call:
     # the interpreter runs every program of every layer and step in Python.
-    got = engine.generate(tiny_model.prepare_inputs(images, instructions), 8)
+    got = engine.generate(tiny_model.prepare_inputs(images[:2], instructions), 8)
     assert torch.equal(got, want)
+
+
+@needs_triton
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 64, 48), (3, 100, 70), (16, 512, 33)])
+def test_gemv_with_residual_matches_linear(m: int, k: int, n: int) -> None:
+    """decode_linear: neither N nor K a multiple of the blocks (masked tails), with and without the residual."""
+    from crane_x7_vla.models import decode_linear as dl
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(m)
+    x, w, r = (torch.randn(*shape, generator=g).to(device) for shape in ((m, k), (n, k), (m, n)))
+    for residual in (None, r):
+        got = dl.linear(x, w, residual, block_n=16, block_k=32)
+        torch.testing.assert_close(got, dl.reference(x, w, residual), atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="residual must be"):
+        dl.linear(x, w, r[:, :-1])
+    with pytest.raises(ValueError, match="contiguous"):
+        dl.linear(x, w.t().contiguous().t())

@@ -32,6 +32,7 @@ from torch import Tensor
 
 MAX_SPLITS = 16
 MIN_CHUNK = 16  # keys per chunk at least: below that, the combine costs more than the chunk saves
+MAX_PROGRAMS = 2048  # (row, head, chunk) programs at most: beyond, fewer and longer chunks win (batch 8)
 
 
 @functools.cache
@@ -54,16 +55,16 @@ def usable(qkv: Tensor) -> bool:
     return (qkv.is_cuda or _interpreting()) and triton_available()
 
 
-def launch_config(keys: int) -> tuple[int, int, int]:
-    """(splits, block_t, num_warps) for a cache of ``keys`` columns: as many chunks as keep at least
-    :data:`MIN_CHUNK` keys each (up to :data:`MAX_SPLITS`), each chunk one block of keys where it fits. Measured
-    on the H200 at openvla-7b's sizes (docs/performance.md): short chunks in many programs win at every batch
-    size, since one decode token per row leaves the attention latency-bound."""
+def launch_config(batch: int, heads: int, keys: int) -> tuple[int, int, int]:
+    """(splits, block_t, num_warps): as many key chunks per (row, head) as keep at least :data:`MIN_CHUNK` keys
+    each and :data:`MAX_PROGRAMS` programs in all (at most :data:`MAX_SPLITS`), in blocks of 16 keys with one
+    warp per program. Measured on the H200 at openvla-7b's sizes (docs/performance.md): one decode token per row
+    leaves the attention latency-bound, so many short programs win; 32-key blocks or more warps were slower."""
     splits = 1
-    while splits < MAX_SPLITS and math.ceil(keys / (2 * splits)) >= MIN_CHUNK:
+    while (splits < MAX_SPLITS and math.ceil(keys / (2 * splits)) >= MIN_CHUNK
+           and batch * heads * 2 * splits <= MAX_PROGRAMS):
         splits *= 2
-    block_t = min(64, max(16, 1 << (math.ceil(keys / splits) - 1).bit_length()))
-    return splits, block_t, 1 if block_t <= 32 else 4
+    return splits, 16, 1
 
 
 def write_rows(cache: Tensor, col: Tensor, new: Tensor) -> None:
@@ -204,7 +205,7 @@ def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_c
         raise ValueError(f"key_valid must be [B, T] = {(b, t)}, cos/sin [B, hd] = {(b, hd)} and col [1] or [B]")
     if qkv.stride(-1) != 1 or cos.stride(-1) != 1 or sin.stride() != cos.stride() or key_valid.stride(-1) != 1:
         raise ValueError("qkv, cos/sin and key_valid need unit stride in their last dimension")
-    default = launch_config(t)
+    default = launch_config(b, nh, t)
     splits, block_t, num_warps = splits or default[0], block_t or default[1], num_warps or default[2]
     chunk = math.ceil(t / splits)
     partial, combine = _kernels(_interpreting())

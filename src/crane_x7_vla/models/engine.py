@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.profiler import record_function
 
-from crane_x7_vla.models import decode_attention
+from crane_x7_vla.models import decode_attention, decode_linear
 from crane_x7_vla.models.config import ENGINE_TEXT_BUCKET
 from crane_x7_vla.models.generate import SampleOutput, action_logits, log_probs_and_entropy
 from crane_x7_vla.models.openvla import OpenVLA
@@ -105,13 +105,17 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, nh: int, nkv: 
     return att.transpose(1, 2).reshape(b, s, nh * hd)
 
 
+def _swiglu(x: Tensor, w: _LayerWeights) -> Tensor:
+    """The MLP's input to its down projection: silu(gate) * up of the post-attention RMSNorm of x."""
+    gate, up = F.linear(_rms_norm(x, w.ln2, w.eps), w.gate_up).chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 def _mlp_split(x: Tensor, att: Tensor, w: _LayerWeights) -> tuple[Tensor, Tensor]:
     """The rest of a decoder layer after attention: o-projection + residual, RMSNorm, SiLU MLP. Returns
     (x + o-projection, MLP output), whose sum is the layer's output."""
     x = x + F.linear(att, w.o)
-    h = _rms_norm(x, w.ln2, w.eps)
-    gate, up = F.linear(h, w.gate_up).chunk(2, dim=-1)
-    return x, F.linear(F.silu(gate) * up, w.down)
+    return x, F.linear(_swiglu(x, w), w.down)
 
 
 def _mlp_residual(x: Tensor, att: Tensor, w: _LayerWeights) -> Tensor:
@@ -220,6 +224,7 @@ class OpenVLAEngine:
         compile_vision: bool = True,
         parallel_towers: bool = True,
         triton_attention: bool | None = None,
+        triton_gemv: bool | None = None,
         exact_batch_upto: int = 8,
         min_batch: int = 1,
     ) -> None:
@@ -263,7 +268,12 @@ class OpenVLAEngine:
             on_gpu = self.device.type == "cuda" and compile_decode
             self._layer_in = torch.compile(_layer_in, dynamic=False, fullgraph=True) if on_gpu else _layer_in
             self._layer_out = torch.compile(_mlp_split, dynamic=False, fullgraph=True) if on_gpu else _mlp_split
+            self._swiglu = torch.compile(_swiglu, dynamic=False, fullgraph=True) if on_gpu else _swiglu
             self._decode_layer = self._triton_decode_layer
+        # Decode steps of up to 16 rows: the o and down projections in decode_linear's GEMV (no split-K).
+        self.triton_gemv = self.triton_attention if triton_gemv is None else triton_gemv
+        if self.triton_gemv and not self.triton_attention:
+            raise ValueError("triton_gemv=True needs triton_attention (the decode layer it is part of)")
         self._vision: Callable[[Tensor], Tensor] = self._vision_forward
         self._tower_stream: torch.cuda.Stream | None = None
         backbone = model.vision_backbone
@@ -292,6 +302,9 @@ class OpenVLAEngine:
         x, qkv = self._layer_in(x, delta, w)
         att = decode_attention.decode_attention(qkv[:, 0], cos[:, 0], sin[:, 0], k_cache, v_cache, cache_idx,
                                                 mask[:, 0, 0], nh, nkv, hd)
+        if self.triton_gemv and decode_linear.usable(att):
+            x = decode_linear.linear(att, w.o, x[:, 0])[:, None]
+            return x, decode_linear.linear(self._swiglu(x, w)[:, 0], w.down)[:, None]
         return self._layer_out(x, att[:, None], w)  # type: ignore[no-any-return]
 
     def _linears(self, layer: Any) -> list[torch.nn.Module]:
