@@ -105,7 +105,7 @@ def test_engine_with_triton_decode_kernels_reproduces_the_eager_tokens(tiny_mode
                                tiny_model.action_dim, lambda h: lm_head(h).argmax(dim=-1))
     want = torch.stack(toks, dim=1)
     engine = OpenVLAEngine(tiny_model, max_batch=4, text_bucket=8, triton_attention=True)
-    assert engine._decode_layer == engine._triton_decode_layer and engine.triton_gemv
+    assert engine._decode_layer == engine._triton_decode_layer and engine.triton_gemv and engine.triton_swiglu
     # Batch 2: prompts of two lengths, the shorter padded after its end, so keys masked mid-cache. One call:
     # the interpreter runs every program of every layer and step in Python.
     got = engine.generate(tiny_model.prepare_inputs(images[:2], instructions), 8)
@@ -114,8 +114,9 @@ def test_engine_with_triton_decode_kernels_reproduces_the_eager_tokens(tiny_mode
 
 @needs_triton
 @pytest.mark.parametrize(("m", "k", "n"), [(1, 64, 48), (3, 100, 70), (16, 512, 33)])
-def test_gemv_with_residual_matches_linear(m: int, k: int, n: int) -> None:
-    """decode_linear: neither N nor K a multiple of the blocks (masked tails), with and without the residual."""
+def test_gemvs_match_linear_and_swiglu(m: int, k: int, n: int) -> None:
+    """decode_linear: neither N nor K a multiple of the blocks (masked tails); with and without the residual,
+    and gate/up with the SwiGLU epilogue."""
     from crane_x7_vla.models import decode_linear as dl
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -124,6 +125,9 @@ def test_gemv_with_residual_matches_linear(m: int, k: int, n: int) -> None:
     for residual in (None, r):
         got = dl.linear(x, w, residual, block_n=16, block_k=32)
         torch.testing.assert_close(got, dl.reference(x, w, residual), atol=1e-4, rtol=1e-5)
+    gate_up = torch.randn(2 * n, k, generator=g).to(device)
+    torch.testing.assert_close(dl.swiglu(x, gate_up, block_n=16, block_k=32), dl.reference_swiglu(x, gate_up),
+                               atol=1e-3, rtol=1e-4)  # gate * up reaches ~500 at K = 512
     with pytest.raises(ValueError, match="residual must be"):
         dl.linear(x, w, r[:, :-1])
     with pytest.raises(ValueError, match="contiguous"):

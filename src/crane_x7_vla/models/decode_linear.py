@@ -1,16 +1,16 @@
-"""A weight-streaming GEMM for the decode steps' o and down projections: ``residual + x @ W.T`` for a few rows.
+"""Weight-streaming GEMMs for a decode step's few rows: the o and down projections (``residual + x @ W.T``) and
+the gate/up projection with its SwiGLU (``silu(x @ Wg.T) * (x @ Wu.T)``).
 
-At batch 1 cuBLAS runs these two products (4096x4096 and 4096x11008) as split-K kernels plus a reduce kernel
-each (docs/performance.md, "One decode layer"): two more kernels per layer, and ~2.5 and ~3.3 TB/s against the
-~4 TB/s that its q/k/v and gate/up GEMVs reach. Here each program streams the full K extent of ``BLOCK_N``
-weight rows once and multiplies them with the (padded) rows of x in one MMA tile, and the residual add is its
-epilogue. Session 9 measured such kernels at 1.17x (o) and 1.14x (down) cuBLAS's time at their tuned block
-sizes; the q/k/v and gate/up products stay with cuBLAS (0.99x and 1.07x there, and the norm and SwiGLU around
-them fuse in inductor).
+At batch 1 cuBLAS runs the o and down products (4096x4096 and 4096x11008) as split-K kernels plus a reduce
+kernel each (docs/performance.md, "One decode layer"), at ~2.5 and ~3.3 TB/s. Here each program streams the
+full K extent of ``BLOCK_N`` weight rows once and multiplies them with the (padded) rows of x in one MMA tile;
+the residual add, or SwiGLU, is its epilogue. Measured on the H200 in a graph of 32 layers (session 11): o with
+its residual 11.2 us against 14.6 us for cuBLAS + add, down 24.3 against 29.1 us. The q/k/v product stays with
+cuBLAS (session 9: 0.99x of its time at best).
 
-Written by hand because cuBLAS offers no choice of algorithm through torch and no library ships a GEMV with a
-residual epilogue. Rounding follows the eager layer: the product is rounded to the weight's dtype before the
-residual is added, as ``x + F.linear(a, W)`` does.
+Written by hand because cuBLAS offers no choice of algorithm through torch and no library ships a GEMV with
+these epilogues. Rounding follows the eager layer: products rounded to the weight's dtype before the residual
+add, gate and up rounded before SiLU, SiLU rounded before the product.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from torch import Tensor
 from crane_x7_vla.models.decode_attention import _interpreting, triton_available
 
 MAX_ROWS = 16  # one MMA tile of rows; more go to cuBLAS
-BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 32, 512, 4, 4  # session 9's best for both shapes on the H200
+BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 32, 512, 4, 4  # best for o and down on the H200 (sessions 9, 11)
+SWIGLU_BLOCK_N, SWIGLU_BLOCK_K = 32, 128  # session 9's best for the gate/up product with its SwiGLU epilogue
 
 
 def usable(x: Tensor) -> bool:
@@ -44,25 +45,38 @@ def _kernel(interpret: bool) -> Any:  # one per mode: triton.jit reads TRITON_IN
 
     @triton.jit
     def _gemv(x_ptr, w_ptr, res_ptr, out_ptr, M, N, K, stride_x, stride_res, stride_out,
-              RESIDUAL: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr):
+              RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # out[m, n] = x[m] . w[n] (+ residual), or with SWIGLU silu(x[m] . w[n]) * (x[m] . w[N + n]): the weight
+        # is gate rows then up rows, and each program reads both blocks of its outputs once.
         pid = tl.program_id(0)
         rm = tl.arange(0, BLOCK_M)
         rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         m_ok = rm < M
         n_ok = rn < N
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
             k_ok = rk < K
             a = tl.load(x_ptr + rm[:, None] * stride_x + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            wmask = n_ok[:, None] & k_ok[None, :]
+            b = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=wmask, other=0.0)
             if IEEE:  # float32 weights (tests): full-precision products, not TF32
                 acc += tl.dot(a, tl.trans(b), input_precision="ieee")
             else:
                 acc += tl.dot(a, tl.trans(b))
+            if SWIGLU:
+                u = tl.load(w_ptr + (N + rn[:, None]) * K + rk[None, :], mask=wmask, other=0.0)
+                if IEEE:
+                    acc_up += tl.dot(a, tl.trans(u), input_precision="ieee")
+                else:
+                    acc_up += tl.dot(a, tl.trans(u))
         dt = out_ptr.dtype.element_ty
         out = acc.to(dt)
+        if SWIGLU:  # eager rounding: gate and up in the weight's dtype, silu(gate) rounded, the product rounded
+            g = out.to(tl.float32)
+            out = ((g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32) * acc_up.to(dt).to(tl.float32)).to(dt)
         ok = m_ok[:, None] & n_ok[None, :]
         if RESIDUAL:
             r = tl.load(res_ptr + rm[:, None] * stride_res + rn[None, :], mask=ok, other=0.0)
@@ -72,20 +86,37 @@ def _kernel(interpret: bool) -> Any:  # one per mode: triton.jit reads TRITON_IN
     return _gemv
 
 
-def linear(x: Tensor, w: Tensor, residual: Tensor | None = None, *, block_n: int = BLOCK_N, block_k: int = BLOCK_K,
-           num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES) -> Tensor:
-    """``residual + x @ w.T`` (or ``x @ w.T``) for x [M <= 16, K], w [N, K] (row-major), residual [M, N]."""
+def _launch(x: Tensor, w: Tensor, n: int, residual: Tensor | None, swiglu: bool, block_n: int, block_k: int,
+            num_warps: int, num_stages: int) -> Tensor:
     m, k = x.shape
-    n = w.shape[0]
-    if not usable(x) or w.shape != (n, k) or not w.is_contiguous() or x.stride(-1) != 1:
-        raise ValueError(f"decode_linear.linear needs x [M <= {MAX_ROWS}, K] with unit stride in K and a contiguous "
+    if not usable(x) or w.shape != ((2 if swiglu else 1) * n, k) or not w.is_contiguous() or x.stride(-1) != 1:
+        raise ValueError(f"decode_linear needs x [M <= {MAX_ROWS}, K] with unit stride in K and a contiguous "
                          f"w [N, K] (got x {tuple(x.shape)}, w {tuple(w.shape)}); check usable(x) first")
     if residual is not None and (residual.shape != (m, n) or residual.stride(-1) != 1):
         raise ValueError(f"residual must be [M, N] = {(m, n)} with unit stride in N")
+    if x.element_size() > 2:  # float32 tiles take twice the shared memory per stage
+        block_k //= 4
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
     res = out if residual is None else residual
     _kernel(_interpreting())[(-(-n // block_n),)](
         x, w, res, out, m, n, k, x.stride(0), res.stride(0), out.stride(0),
-        RESIDUAL=residual is not None, IEEE=x.dtype == torch.float32, BLOCK_M=MAX_ROWS, BLOCK_N=block_n,
-        BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
+        RESIDUAL=residual is not None, SWIGLU=swiglu, IEEE=x.dtype == torch.float32, BLOCK_M=MAX_ROWS,
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
     return out
+
+
+def linear(x: Tensor, w: Tensor, residual: Tensor | None = None, *, block_n: int = BLOCK_N, block_k: int = BLOCK_K,
+           num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES) -> Tensor:
+    """``residual + x @ w.T`` (or ``x @ w.T``) for x [M <= 16, K], w [N, K] (row-major), residual [M, N]."""
+    return _launch(x, w, w.shape[0], residual, False, block_n, block_k, num_warps, num_stages)
+
+
+def swiglu(x: Tensor, gate_up: Tensor, *, block_n: int = SWIGLU_BLOCK_N, block_k: int = SWIGLU_BLOCK_K,
+           num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES) -> Tensor:
+    """``silu(x @ Wg.T) * (x @ Wu.T)`` for x [M <= 16, K] and the stacked gate_up = [Wg; Wu] [2N, K]."""
+    return _launch(x, gate_up, gate_up.shape[0] // 2, None, True, block_n, block_k, num_warps, num_stages)
+
+
+def reference_swiglu(x: Tensor, gate_up: Tensor) -> Tensor:
+    gate, up = torch.nn.functional.linear(x, gate_up).chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up

@@ -105,9 +105,13 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, nh: int, nkv: 
     return att.transpose(1, 2).reshape(b, s, nh * hd)
 
 
+def _post_norm(x: Tensor, w: _LayerWeights) -> Tensor:
+    return _rms_norm(x, w.ln2, w.eps)
+
+
 def _swiglu(x: Tensor, w: _LayerWeights) -> Tensor:
     """The MLP's input to its down projection: silu(gate) * up of the post-attention RMSNorm of x."""
-    gate, up = F.linear(_rms_norm(x, w.ln2, w.eps), w.gate_up).chunk(2, dim=-1)
+    gate, up = F.linear(_post_norm(x, w), w.gate_up).chunk(2, dim=-1)
     return F.silu(gate) * up
 
 
@@ -225,6 +229,7 @@ class OpenVLAEngine:
         parallel_towers: bool = True,
         triton_attention: bool | None = None,
         triton_gemv: bool | None = None,
+        triton_swiglu: bool | None = None,
         exact_batch_upto: int = 8,
         min_batch: int = 1,
     ) -> None:
@@ -269,11 +274,14 @@ class OpenVLAEngine:
             self._layer_in = torch.compile(_layer_in, dynamic=False, fullgraph=True) if on_gpu else _layer_in
             self._layer_out = torch.compile(_mlp_split, dynamic=False, fullgraph=True) if on_gpu else _mlp_split
             self._swiglu = torch.compile(_swiglu, dynamic=False, fullgraph=True) if on_gpu else _swiglu
+            self._post_norm = torch.compile(_post_norm, dynamic=False, fullgraph=True) if on_gpu else _post_norm
             self._decode_layer = self._triton_decode_layer
-        # Decode steps of up to 16 rows: the o and down projections in decode_linear's GEMV (no split-K).
+        # Decode steps of up to 16 rows: the o and down projections (no split-K) and gate/up with its SwiGLU in
+        # decode_linear's GEMVs.
         self.triton_gemv = self.triton_attention if triton_gemv is None else triton_gemv
-        if self.triton_gemv and not self.triton_attention:
-            raise ValueError("triton_gemv=True needs triton_attention (the decode layer it is part of)")
+        self.triton_swiglu = self.triton_gemv if triton_swiglu is None else triton_swiglu
+        if (self.triton_gemv or self.triton_swiglu) and not self.triton_attention:
+            raise ValueError("triton_gemv / triton_swiglu need triton_attention (the decode layer they are part of)")
         self._vision: Callable[[Tensor], Tensor] = self._vision_forward
         self._tower_stream: torch.cuda.Stream | None = None
         backbone = model.vision_backbone
@@ -302,10 +310,14 @@ class OpenVLAEngine:
         x, qkv = self._layer_in(x, delta, w)
         att = decode_attention.decode_attention(qkv[:, 0], cos[:, 0], sin[:, 0], k_cache, v_cache, cache_idx,
                                                 mask[:, 0, 0], nh, nkv, hd)
-        if self.triton_gemv and decode_linear.usable(att):
-            x = decode_linear.linear(att, w.o, x[:, 0])[:, None]
-            return x, decode_linear.linear(self._swiglu(x, w)[:, 0], w.down)[:, None]
-        return self._layer_out(x, att[:, None], w)  # type: ignore[no-any-return]
+        if not ((self.triton_gemv or self.triton_swiglu) and decode_linear.usable(att)):
+            return self._layer_out(x, att[:, None], w)  # type: ignore[no-any-return]
+        x = (decode_linear.linear(att, w.o, x[:, 0]) if self.triton_gemv else x[:, 0] + F.linear(att, w.o))[:, None]
+        if self.triton_swiglu:
+            a = decode_linear.swiglu(self._post_norm(x, w)[:, 0], w.gate_up)
+        else:
+            a = self._swiglu(x, w)[:, 0]
+        return x, (decode_linear.linear(a, w.down) if self.triton_gemv else F.linear(a, w.down))[:, None]
 
     def _linears(self, layer: Any) -> list[torch.nn.Module]:
         at, mlp = layer.self_attn, layer.mlp
