@@ -104,7 +104,7 @@ def test_engine_with_triton_decode_kernels_reproduces_the_eager_tokens(tiny_mode
         toks, _ = _decode_loop(tiny_model, tiny_model.prepare_inputs(images[:2], instructions),
                                tiny_model.action_dim, lambda h: lm_head(h).argmax(dim=-1))
     want = torch.stack(toks, dim=1)
-    engine = OpenVLAEngine(tiny_model, max_batch=4, text_bucket=8, triton_attention=True)
+    engine = OpenVLAEngine(tiny_model, max_batch=4, text_bucket=8, triton_attention=True, triton_qkv=True)
     assert engine._decode_layer == engine._triton_decode_layer and engine.triton_gemv and engine.triton_swiglu
     # Batch 2: prompts of two lengths, the shorter padded after its end, so keys masked mid-cache. One call:
     # the interpreter runs every program of every layer and step in Python.
@@ -132,3 +132,25 @@ def test_gemvs_match_linear_and_swiglu(m: int, k: int, n: int) -> None:
         dl.linear(x, w, r[:, :-1])
     with pytest.raises(ValueError, match="contiguous"):
         dl.linear(x, w.t().contiguous().t())
+
+
+@pytest.mark.skipif(not (da.triton_available() and os.environ.get("TRITON_INTERPRET") == "1"),
+                    reason="the CPU batcher runs Triton in its interpreter (on CUDA: test_continuous's graph test)")
+def test_continuous_batcher_with_triton_decode_kernels_matches_the_eager_loop(
+        tiny_model: OpenVLA, images: list[np.ndarray]) -> None:
+    """Slots at different write columns (a per-row column for the kernels), steps with and without prompts
+    (decode-only steps take the engine's Triton GEMVs)."""
+    from crane_x7_vla.models.continuous import ContinuousBatcher
+
+    instructions = ["go", "pick up the red block"]
+    want = np.concatenate([tiny_model.predict_action(images[i : i + 1], instructions[i : i + 1]) for i in range(2)])
+    b = ContinuousBatcher(OpenVLAEngine(tiny_model, max_batch=2, text_bucket=8, triton_attention=True), slots=2,
+                          max_prefill=1, start=False, pipeline=False)
+    first = b.submit(b.prepare_inputs([images[0]], [instructions[0]]))
+    b.step()  # request 0: prefill
+    b.step()  # decode only
+    second = b.submit(b.prepare_inputs([images[1]], [instructions[1]]))
+    while not (first.done() and second.done()):
+        b.step()
+    np.testing.assert_allclose(np.stack([first.result().action, second.result().action]), want, atol=1e-6)
+    b.close()

@@ -25,7 +25,7 @@ from crane_x7_vla.models.decode_attention import _interpreting, triton_available
 
 MAX_ROWS = 16  # one MMA tile of rows; more go to cuBLAS
 BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 32, 512, 4, 4  # best for o and down on the H200 (sessions 9, 11)
-SWIGLU_BLOCK_N, SWIGLU_BLOCK_K = 32, 128  # session 9's best for the gate/up product with its SwiGLU epilogue
+SWIGLU_BLOCK_N, SWIGLU_BLOCK_K, SWIGLU_STAGES = 32, 128, 3  # best for gate/up with SwiGLU (session 11 sweep)
 
 
 def usable(x: Tensor) -> bool:
@@ -94,8 +94,8 @@ def _launch(x: Tensor, w: Tensor, n: int, residual: Tensor | None, swiglu: bool,
                          f"w [N, K] (got x {tuple(x.shape)}, w {tuple(w.shape)}); check usable(x) first")
     if residual is not None and (residual.shape != (m, n) or residual.stride(-1) != 1):
         raise ValueError(f"residual must be [M, N] = {(m, n)} with unit stride in N")
-    if x.element_size() > 2:  # float32 tiles take twice the shared memory per stage
-        block_k //= 4
+    if x.element_size() > 2:  # float32 tiles take twice the shared memory per stage (tl.dot needs K >= 16)
+        block_k = max(16, block_k // 4)
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
     res = out if residual is None else residual
     _kernel(_interpreting())[(-(-n // block_n),)](
@@ -112,7 +112,7 @@ def linear(x: Tensor, w: Tensor, residual: Tensor | None = None, *, block_n: int
 
 
 def swiglu(x: Tensor, gate_up: Tensor, *, block_n: int = SWIGLU_BLOCK_N, block_k: int = SWIGLU_BLOCK_K,
-           num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES) -> Tensor:
+           num_warps: int = NUM_WARPS, num_stages: int = SWIGLU_STAGES) -> Tensor:
     """``silu(x @ Wg.T) * (x @ Wu.T)`` for x [M <= 16, K] and the stacked gate_up = [Wg; Wu] [2N, K]."""
     return _launch(x, gate_up, gate_up.shape[0] // 2, None, True, block_n, block_k, num_warps, num_stages)
 

@@ -146,11 +146,17 @@ def _layer_forward(x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, w:
     return _mlp_split(x, att, w)
 
 
-def _layer_in(x: Tensor, delta: Tensor | None, w: _LayerWeights) -> tuple[Tensor, Tensor]:
-    """A layer up to its fused q/k/v projection: (x + delta, q/k/v [B,S,(nh+2nkv)hd])."""
+def _pre_norm(x: Tensor, delta: Tensor | None, w: _LayerWeights) -> tuple[Tensor, Tensor]:
+    """A layer's input x + delta and its input RMSNorm."""
     if delta is not None:
         x = x + delta
-    return x, F.linear(_rms_norm(x, w.ln1, w.eps), w.qkv)
+    return x, _rms_norm(x, w.ln1, w.eps)
+
+
+def _layer_in(x: Tensor, delta: Tensor | None, w: _LayerWeights) -> tuple[Tensor, Tensor]:
+    """A layer up to its fused q/k/v projection: (x + delta, q/k/v [B,S,(nh+2nkv)hd])."""
+    x, h = _pre_norm(x, delta, w)
+    return x, F.linear(h, w.qkv)
 
 
 def _effective_weight(lin: torch.nn.Module) -> Tensor:
@@ -230,6 +236,7 @@ class OpenVLAEngine:
         triton_attention: bool | None = None,
         triton_gemv: bool | None = None,
         triton_swiglu: bool | None = None,
+        triton_qkv: bool = False,
         exact_batch_upto: int = 8,
         min_batch: int = 1,
     ) -> None:
@@ -275,13 +282,16 @@ class OpenVLAEngine:
             self._layer_out = torch.compile(_mlp_split, dynamic=False, fullgraph=True) if on_gpu else _mlp_split
             self._swiglu = torch.compile(_swiglu, dynamic=False, fullgraph=True) if on_gpu else _swiglu
             self._post_norm = torch.compile(_post_norm, dynamic=False, fullgraph=True) if on_gpu else _post_norm
+            self._pre_norm = torch.compile(_pre_norm, dynamic=False, fullgraph=True) if on_gpu else _pre_norm
             self._decode_layer = self._triton_decode_layer
         # Decode steps of up to 16 rows: the o and down projections (no split-K) and gate/up with its SwiGLU in
         # decode_linear's GEMVs.
         self.triton_gemv = self.triton_attention if triton_gemv is None else triton_gemv
         self.triton_swiglu = self.triton_gemv if triton_swiglu is None else triton_swiglu
-        if (self.triton_gemv or self.triton_swiglu) and not self.triton_attention:
-            raise ValueError("triton_gemv / triton_swiglu need triton_attention (the decode layer they are part of)")
+        self.triton_qkv = triton_qkv  # off by default: see docs/performance.md for its A/B
+        if (self.triton_gemv or self.triton_swiglu or triton_qkv) and not self.triton_attention:
+            raise ValueError("triton_gemv / triton_swiglu / triton_qkv need triton_attention (the decode layer they "
+                             "are part of)")
         self._vision: Callable[[Tensor], Tensor] = self._vision_forward
         self._tower_stream: torch.cuda.Stream | None = None
         backbone = model.vision_backbone
@@ -307,7 +317,11 @@ class OpenVLAEngine:
                              nkv: int, hd: int) -> tuple[Tensor, Tensor]:
         """:func:`_layer_forward` of a decode step (S == 1, ``mask`` [B,1,1,T]) with its attention in Triton."""
         assert mask is not None and x.shape[1] == 1
-        x, qkv = self._layer_in(x, delta, w)
+        if self.triton_qkv and decode_linear.usable(x[:, 0]):
+            x, h = self._pre_norm(x, delta, w)
+            qkv = decode_linear.linear(h[:, 0], w.qkv)[:, None]
+        else:
+            x, qkv = self._layer_in(x, delta, w)
         att = decode_attention.decode_attention(qkv[:, 0], cos[:, 0], sin[:, 0], k_cache, v_cache, cache_idx,
                                                 mask[:, 0, 0], nh, nkv, hd)
         if not ((self.triton_gemv or self.triton_swiglu) and decode_linear.usable(att)):
