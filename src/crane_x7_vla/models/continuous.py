@@ -475,9 +475,7 @@ class ContinuousBatcher(SharedPolicy):
             token_att = attend(qkv_d, cos_d, sin_d, k_cache, v_cache, self._col, self._valid, nh, nkv, hd)
             if prompt is None and gemv:  # a decode-only step: the engine's decode GEMVs (no split-K)
                 x = decode_linear.linear(token_att, w.o, x)
-                mlp_in = (decode_linear.swiglu(x, w.gate_up, w.ln2, w.eps) if eng.fuse_norms
-                          else decode_linear.swiglu(eng._post_norm(x, w), w.gate_up))
-                x = decode_linear.linear(mlp_in, w.down, x)
+                x = decode_linear.linear(decode_linear.swiglu(eng._post_norm(x, w), w.gate_up), w.down, x)
             else:
                 x = self._out_half(x, prompt, token_att, w, nh, nkv)
             xd = x[n_p:].view(xd.shape)

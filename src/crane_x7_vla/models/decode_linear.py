@@ -26,7 +26,6 @@ from crane_x7_vla.models.decode_attention import _interpreting, triton_available
 MAX_ROWS = 16  # one MMA tile of rows; more go to cuBLAS
 BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 32, 512, 4, 4  # best for o and down on the H200 (sessions 9, 11)
 SWIGLU_BLOCK_N, SWIGLU_BLOCK_K, SWIGLU_STAGES = 32, 128, 3  # best for gate/up with SwiGLU (session 11 sweep)
-QKV_BLOCK_N, QKV_BLOCK_K = 32, 128  # best for the 12288x4096 q/k/v product (session 11 sweep)
 
 
 def usable(x: Tensor) -> bool:
@@ -45,49 +44,22 @@ def _kernel(interpret: bool) -> Any:  # one per mode: triton.jit reads TRITON_IN
     import triton.language as tl
 
     @triton.jit
-    def _gemv(x_ptr, w_ptr, res_ptr, out_ptr, delta_ptr, xout_ptr, norm_ptr, M, N, K, stride_x, stride_res,
-              stride_out, stride_d, stride_xo, eps, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, NORM: tl.constexpr,
-              ADD: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr):
-        # out[m, n] = a[m] . w[n] (+ residual), or with SWIGLU silu(a[m] . w[n]) * (a[m] . w[N + n]): the weight
-        # is gate rows then up rows, and each program reads both blocks of its outputs once. a = x, or with NORM
-        # the RMSNorm of x (+ delta with ADD: program 0 then writes x + delta to xout).
+    def _gemv(x_ptr, w_ptr, res_ptr, out_ptr, M, N, K, stride_x, stride_res, stride_out,
+              RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # out[m, n] = x[m] . w[n] (+ residual), or with SWIGLU silu(x[m] . w[n]) * (x[m] . w[N + n]): the weight
+        # is gate rows then up rows, and each program reads both blocks of its outputs once.
         pid = tl.program_id(0)
         rm = tl.arange(0, BLOCK_M)
         rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         m_ok = rm < M
         n_ok = rn < N
-        dt = out_ptr.dtype.element_ty
-        inv = tl.zeros([BLOCK_M], dtype=tl.float32)
-        if NORM:  # a first pass over the rows (from L2): their float32 RMS
-            sq = tl.zeros([BLOCK_M], dtype=tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                rk = k0 + tl.arange(0, BLOCK_K)
-                xmask = m_ok[:, None] & (rk < K)[None, :]
-                xs = tl.load(x_ptr + rm[:, None] * stride_x + rk[None, :], mask=xmask, other=0.0)
-                if ADD:  # the layer input x + delta, rounded as the eager add
-                    d = tl.load(delta_ptr + rm[:, None] * stride_d + rk[None, :], mask=xmask, other=0.0)
-                    xs = (xs.to(tl.float32) + d.to(tl.float32)).to(dt)
-                if ADD:
-                    if pid == 0:
-                        tl.store(xout_ptr + rm[:, None] * stride_xo + rk[None, :], xs, mask=xmask)
-                xf = xs.to(tl.float32)
-                sq += tl.sum(xf * xf, axis=1)
-            inv = 1.0 / tl.sqrt(sq / K + eps)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
             k_ok = rk < K
-            xmask = m_ok[:, None] & k_ok[None, :]
-            a = tl.load(x_ptr + rm[:, None] * stride_x + rk[None, :], mask=xmask, other=0.0)
-            if ADD:
-                d = tl.load(delta_ptr + rm[:, None] * stride_d + rk[None, :], mask=xmask, other=0.0)
-                a = (a.to(tl.float32) + d.to(tl.float32)).to(dt)
-            if NORM:  # transformers' LlamaRMSNorm: (x * inv) rounded, then weight * that, rounded
-                g = tl.load(norm_ptr + rk, mask=k_ok, other=0.0)
-                a = (a.to(tl.float32) * inv[:, None]).to(dt)
-                a = (g.to(tl.float32)[None, :] * a.to(tl.float32)).to(dt)
+            a = tl.load(x_ptr + rm[:, None] * stride_x + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             wmask = n_ok[:, None] & k_ok[None, :]
             b = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=wmask, other=0.0)
             if IEEE:  # float32 weights (tests): full-precision products, not TF32
@@ -100,10 +72,11 @@ def _kernel(interpret: bool) -> Any:  # one per mode: triton.jit reads TRITON_IN
                     acc_up += tl.dot(a, tl.trans(u), input_precision="ieee")
                 else:
                     acc_up += tl.dot(a, tl.trans(u))
+        dt = out_ptr.dtype.element_ty
         out = acc.to(dt)
         if SWIGLU:  # eager rounding: gate and up in the weight's dtype, silu(gate) rounded, the product rounded
-            gate = out.to(tl.float32)
-            out = ((gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32) * acc_up.to(dt).to(tl.float32)).to(dt)
+            g = out.to(tl.float32)
+            out = ((g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32) * acc_up.to(dt).to(tl.float32)).to(dt)
         ok = m_ok[:, None] & n_ok[None, :]
         if RESIDUAL:
             r = tl.load(res_ptr + rm[:, None] * stride_res + rn[None, :], mask=ok, other=0.0)
@@ -113,57 +86,35 @@ def _kernel(interpret: bool) -> Any:  # one per mode: triton.jit reads TRITON_IN
     return _gemv
 
 
-def _launch(x: Tensor, w: Tensor, n: int, residual: Tensor | None = None, swiglu: bool = False,
-            norm: tuple[Tensor, float] | None = None, delta: Tensor | None = None, *, block_n: int, block_k: int,
-            num_warps: int, num_stages: int) -> tuple[Tensor, Tensor]:
+def _launch(x: Tensor, w: Tensor, n: int, residual: Tensor | None, swiglu: bool, block_n: int, block_k: int,
+            num_warps: int, num_stages: int) -> Tensor:
     m, k = x.shape
     if not usable(x) or w.shape != ((2 if swiglu else 1) * n, k) or not w.is_contiguous() or x.stride(-1) != 1:
         raise ValueError(f"decode_linear needs x [M <= {MAX_ROWS}, K] with unit stride in K and a contiguous "
                          f"w [N, K] (got x {tuple(x.shape)}, w {tuple(w.shape)}); check usable(x) first")
     if residual is not None and (residual.shape != (m, n) or residual.stride(-1) != 1):
         raise ValueError(f"residual must be [M, N] = {(m, n)} with unit stride in N")
-    if delta is not None and (delta.shape != x.shape or delta.stride(-1) != 1 or norm is None):
-        raise ValueError(f"delta must be [M, K] = {(m, k)} with unit stride in K, and comes with a norm")
-    if norm is not None and norm[0].shape != (k,):
-        raise ValueError(f"the norm weight must be [K] = [{k}]")
     if x.element_size() > 2:  # float32 tiles take twice the shared memory per stage (tl.dot needs K >= 16)
         block_k = max(16, block_k // 4)
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    x_sum = x if delta is None else torch.empty(m, k, device=x.device, dtype=x.dtype)
     res = out if residual is None else residual
     _kernel(_interpreting())[(-(-n // block_n),)](
-        x, w, res, out, x if delta is None else delta, x_sum, out if norm is None else norm[0], m, n, k,
-        x.stride(0), res.stride(0), out.stride(0), 0 if delta is None else delta.stride(0), x_sum.stride(0),
-        0.0 if norm is None else norm[1],
-        RESIDUAL=residual is not None, SWIGLU=swiglu, NORM=norm is not None, ADD=delta is not None,
-        IEEE=x.dtype == torch.float32, BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
-        num_stages=num_stages)
-    return x_sum, out
+        x, w, res, out, m, n, k, x.stride(0), res.stride(0), out.stride(0),
+        RESIDUAL=residual is not None, SWIGLU=swiglu, IEEE=x.dtype == torch.float32, BLOCK_M=MAX_ROWS,
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
+    return out
 
 
 def linear(x: Tensor, w: Tensor, residual: Tensor | None = None, *, block_n: int = BLOCK_N, block_k: int = BLOCK_K,
            num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES) -> Tensor:
     """``residual + x @ w.T`` (or ``x @ w.T``) for x [M <= 16, K], w [N, K] (row-major), residual [M, N]."""
-    return _launch(x, w, w.shape[0], residual, block_n=block_n, block_k=block_k, num_warps=num_warps,
-                   num_stages=num_stages)[1]
+    return _launch(x, w, w.shape[0], residual, False, block_n, block_k, num_warps, num_stages)
 
 
-def norm_linear(x: Tensor, w: Tensor, norm_weight: Tensor, eps: float, delta: Tensor | None = None, *,
-                block_n: int = QKV_BLOCK_N, block_k: int = QKV_BLOCK_K, num_warps: int = NUM_WARPS,
-                num_stages: int = NUM_STAGES) -> tuple[Tensor, Tensor]:
-    """A decoder layer's entry: ``s = x + delta`` (or x) and ``rms_norm(s) @ w.T``; returns (s, product)."""
-    return _launch(x, w, w.shape[0], norm=(norm_weight, eps), delta=delta, block_n=block_n, block_k=block_k,
-                   num_warps=num_warps, num_stages=num_stages)
-
-
-def swiglu(x: Tensor, gate_up: Tensor, norm_weight: Tensor | None = None, eps: float = 0.0, *,
-           block_n: int = SWIGLU_BLOCK_N, block_k: int = SWIGLU_BLOCK_K, num_warps: int = NUM_WARPS,
-           num_stages: int = SWIGLU_STAGES) -> Tensor:
-    """``silu(a @ Wg.T) * (a @ Wu.T)`` for the stacked gate_up = [Wg; Wu] [2N, K], where a is x [M <= 16, K] or,
-    given ``norm_weight``, its RMSNorm."""
-    norm = None if norm_weight is None else (norm_weight, eps)
-    return _launch(x, gate_up, gate_up.shape[0] // 2, swiglu=True, norm=norm, block_n=block_n, block_k=block_k,
-                   num_warps=num_warps, num_stages=num_stages)[1]
+def swiglu(x: Tensor, gate_up: Tensor, *, block_n: int = SWIGLU_BLOCK_N, block_k: int = SWIGLU_BLOCK_K,
+           num_warps: int = NUM_WARPS, num_stages: int = SWIGLU_STAGES) -> Tensor:
+    """``silu(x @ Wg.T) * (x @ Wu.T)`` for x [M <= 16, K] and the stacked gate_up = [Wg; Wu] [2N, K]."""
+    return _launch(x, gate_up, gate_up.shape[0] // 2, None, True, block_n, block_k, num_warps, num_stages)
 
 
 def reference_swiglu(x: Tensor, gate_up: Tensor) -> Tensor:

@@ -236,8 +236,7 @@ class OpenVLAEngine:
         triton_attention: bool | None = None,
         triton_gemv: bool | None = None,
         triton_swiglu: bool | None = None,
-        triton_qkv: bool | None = None,
-        fuse_norms: bool = True,
+        triton_qkv: bool = False,
         exact_batch_upto: int = 8,
         min_batch: int = 1,
     ) -> None:
@@ -289,9 +288,8 @@ class OpenVLAEngine:
         # decode_linear's GEMVs.
         self.triton_gemv = self.triton_attention if triton_gemv is None else triton_gemv
         self.triton_swiglu = self.triton_gemv if triton_swiglu is None else triton_swiglu
-        self.triton_qkv = self.triton_gemv if triton_qkv is None else triton_qkv
-        self.fuse_norms = fuse_norms  # the RMSNorms (and the pending residual add) in the q/k/v and gate/up GEMVs
-        if (self.triton_gemv or self.triton_swiglu or self.triton_qkv) and not self.triton_attention:
+        self.triton_qkv = triton_qkv  # off by default: see docs/performance.md for its A/B
+        if (self.triton_gemv or self.triton_swiglu or triton_qkv) and not self.triton_attention:
             raise ValueError("triton_gemv / triton_swiglu / triton_qkv need triton_attention (the decode layer they "
                              "are part of)")
         self._vision: Callable[[Tensor], Tensor] = self._vision_forward
@@ -319,10 +317,7 @@ class OpenVLAEngine:
                              nkv: int, hd: int) -> tuple[Tensor, Tensor]:
         """:func:`_layer_forward` of a decode step (S == 1, ``mask`` [B,1,1,T]) with its attention in Triton."""
         assert mask is not None and x.shape[1] == 1
-        if self.triton_qkv and self.fuse_norms and decode_linear.usable(x[:, 0]):
-            s, qkv = decode_linear.norm_linear(x[:, 0], w.qkv, w.ln1, w.eps, None if delta is None else delta[:, 0])
-            x, qkv = s[:, None], qkv[:, None]
-        elif self.triton_qkv and decode_linear.usable(x[:, 0]):
+        if self.triton_qkv and decode_linear.usable(x[:, 0]):
             x, h = self._pre_norm(x, delta, w)
             qkv = decode_linear.linear(h[:, 0], w.qkv)[:, None]
         else:
@@ -332,9 +327,7 @@ class OpenVLAEngine:
         if not ((self.triton_gemv or self.triton_swiglu) and decode_linear.usable(att)):
             return self._layer_out(x, att[:, None], w)  # type: ignore[no-any-return]
         x = (decode_linear.linear(att, w.o, x[:, 0]) if self.triton_gemv else x[:, 0] + F.linear(att, w.o))[:, None]
-        if self.triton_swiglu and self.fuse_norms:
-            a = decode_linear.swiglu(x[:, 0], w.gate_up, w.ln2, w.eps)
-        elif self.triton_swiglu:
+        if self.triton_swiglu:
             a = decode_linear.swiglu(self._post_norm(x, w)[:, 0], w.gate_up)
         else:
             a = self._swiglu(x, w)[:, 0]
