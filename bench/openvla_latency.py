@@ -199,16 +199,14 @@ def main() -> None:
 
     # Model-only time (inputs prepared once): what the GPU spends per action. A/Bs over the same weights (the
     # engines' fused weights are views, no copy): vision not compiled, the two towers on one stream, decode
-    # attention through SDPA instead of Triton, the GEMVs (or gate/up only) through cuBLAS, the
-    # q/k/v GEMV through Triton (off by default). Timed in alternating rounds.
+    # attention through SDPA instead of Triton, the GEMVs (or gate/up only) through cuBLAS. Timed in alternating rounds.
     inputs = model.prepare_inputs(images[:1], [INSTRUCTION])
     variants = {"": engine,
                 "_vision_eager": OpenVLAEngine(model, max_batch=1, compile_vision=False),
                 "_towers_serial": OpenVLAEngine(model, max_batch=1, parallel_towers=False),
                 "_sdpa_attention": OpenVLAEngine(model, max_batch=1, triton_attention=False, triton_gemv=False),
                 "_cublas_gemv": OpenVLAEngine(model, max_batch=1, triton_gemv=False, triton_swiglu=False),
-                "_cublas_swiglu": OpenVLAEngine(model, max_batch=1, triton_swiglu=False),
-                "_triton_qkv": OpenVLAEngine(model, max_batch=1, triton_qkv=True)}
+                "_cublas_swiglu": OpenVLAEngine(model, max_batch=1, triton_swiglu=False)}
     tokens = {name: e.generate(inputs, model.action_dim) for name, e in variants.items()}  # captures
     times = _interleaved({name: lambda e=e: e.generate(inputs, model.action_dim) for name, e in variants.items()},
                          args.iters)

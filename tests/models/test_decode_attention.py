@@ -104,7 +104,7 @@ def test_engine_with_triton_decode_kernels_reproduces_the_eager_tokens(tiny_mode
         toks, _ = _decode_loop(tiny_model, tiny_model.prepare_inputs(images[:2], instructions),
                                tiny_model.action_dim, lambda h: lm_head(h).argmax(dim=-1))
     want = torch.stack(toks, dim=1)
-    engine = OpenVLAEngine(tiny_model, max_batch=4, text_bucket=8, triton_attention=True, triton_qkv=True)
+    engine = OpenVLAEngine(tiny_model, max_batch=4, text_bucket=8, triton_attention=True)
     assert engine._decode_layer == engine._triton_decode_layer and engine.triton_gemv and engine.triton_swiglu
     # Batch 2: prompts of two lengths, the shorter padded after its end, so keys masked mid-cache. One call:
     # the interpreter runs every program of every layer and step in Python.

@@ -146,17 +146,11 @@ def _layer_forward(x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, w:
     return _mlp_split(x, att, w)
 
 
-def _pre_norm(x: Tensor, delta: Tensor | None, w: _LayerWeights) -> tuple[Tensor, Tensor]:
-    """A layer's input x + delta and its input RMSNorm."""
-    if delta is not None:
-        x = x + delta
-    return x, _rms_norm(x, w.ln1, w.eps)
-
-
 def _layer_in(x: Tensor, delta: Tensor | None, w: _LayerWeights) -> tuple[Tensor, Tensor]:
     """A layer up to its fused q/k/v projection: (x + delta, q/k/v [B,S,(nh+2nkv)hd])."""
-    x, h = _pre_norm(x, delta, w)
-    return x, F.linear(h, w.qkv)
+    if delta is not None:
+        x = x + delta
+    return x, F.linear(_rms_norm(x, w.ln1, w.eps), w.qkv)
 
 
 def _effective_weight(lin: torch.nn.Module) -> Tensor:
@@ -236,7 +230,6 @@ class OpenVLAEngine:
         triton_attention: bool | None = None,
         triton_gemv: bool | None = None,
         triton_swiglu: bool | None = None,
-        triton_qkv: bool = False,
         exact_batch_upto: int = 8,
         min_batch: int = 1,
     ) -> None:
@@ -268,30 +261,7 @@ class OpenVLAEngine:
             compiled = torch.compile(_layer_forward, dynamic=False, fullgraph=True)
             self._decode_layer = compiled if compile_decode else _layer_forward
             self._prefill_layer = compiled if compile_prefill else _layer_forward
-        if triton_attention is None:
-            triton_attention = compile_decode and self.device.type == "cuda" and decode_attention.triton_available()
-        self.triton_attention = bool(triton_attention)
-        if triton_attention:
-            # Decode steps: RoPE, the cache writes and attention in two Triton kernels between the layer's two
-            # compiled halves (the q/k/v GEMM ends one, the o GEMM starts the other, so no fusion is lost).
-            probe = torch.empty(0, device=self.device)
-            if not decode_attention.usable(probe):
-                raise ValueError("triton_attention=True needs Triton and a CUDA model (or TRITON_INTERPRET=1 on CPU)")
-            on_gpu = self.device.type == "cuda" and compile_decode
-            self._layer_in = torch.compile(_layer_in, dynamic=False, fullgraph=True) if on_gpu else _layer_in
-            self._layer_out = torch.compile(_mlp_split, dynamic=False, fullgraph=True) if on_gpu else _mlp_split
-            self._swiglu = torch.compile(_swiglu, dynamic=False, fullgraph=True) if on_gpu else _swiglu
-            self._post_norm = torch.compile(_post_norm, dynamic=False, fullgraph=True) if on_gpu else _post_norm
-            self._pre_norm = torch.compile(_pre_norm, dynamic=False, fullgraph=True) if on_gpu else _pre_norm
-            self._decode_layer = self._triton_decode_layer
-        # Decode steps of up to 16 rows: the o and down projections (no split-K) and gate/up with its SwiGLU in
-        # decode_linear's GEMVs.
-        self.triton_gemv = self.triton_attention if triton_gemv is None else triton_gemv
-        self.triton_swiglu = self.triton_gemv if triton_swiglu is None else triton_swiglu
-        self.triton_qkv = triton_qkv  # off by default: see docs/performance.md for its A/B
-        if (self.triton_gemv or self.triton_swiglu or triton_qkv) and not self.triton_attention:
-            raise ValueError("triton_gemv / triton_swiglu / triton_qkv need triton_attention (the decode layer they "
-                             "are part of)")
+        self._setup_triton_decode(triton_attention, triton_gemv, triton_swiglu, compile_decode)
         self._vision: Callable[[Tensor], Tensor] = self._vision_forward
         self._tower_stream: torch.cuda.Stream | None = None
         backbone = model.vision_backbone
@@ -312,16 +282,38 @@ class OpenVLAEngine:
         self._pool: Any = None
         self._lock = threading.Lock()
 
+    def _setup_triton_decode(self, attention: bool | None, gemv: bool | None, swiglu: bool | None,
+                             compile_decode: bool) -> None:
+        """Decode steps through Triton (default on CUDA with Triton and compile_decode): RoPE, the cache writes
+        and attention in two kernels between the layer's compiled halves (the q/k/v GEMM ends one, the o GEMM
+        starts the other, so no fusion is lost); with up to 16 rows also the o and down projections (no split-K)
+        and gate/up with its SwiGLU in :mod:`.decode_linear`'s GEMVs."""
+        if attention is None:
+            attention = compile_decode and self.device.type == "cuda" and decode_attention.triton_available()
+        self.triton_attention = bool(attention)
+        self.triton_gemv = self.triton_attention if gemv is None else gemv
+        self.triton_swiglu = self.triton_gemv if swiglu is None else swiglu
+        if (self.triton_gemv or self.triton_swiglu) and not self.triton_attention:
+            raise ValueError("triton_gemv / triton_swiglu need triton_attention (the decode layer they are part of)")
+        if not attention:
+            return
+        if not decode_attention.usable(torch.empty(0, device=self.device)):
+            raise ValueError("triton_attention=True needs Triton and a CUDA model (or TRITON_INTERPRET=1 on CPU)")
+        on_gpu = self.device.type == "cuda" and compile_decode
+
+        def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+            return torch.compile(fn, dynamic=False, fullgraph=True) if on_gpu else fn
+
+        self._layer_in, self._layer_out = compiled(_layer_in), compiled(_mlp_split)
+        self._swiglu, self._post_norm = compiled(_swiglu), compiled(_post_norm)
+        self._decode_layer = self._triton_decode_layer
+
     def _triton_decode_layer(self, x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, w: _LayerWeights,
                              k_cache: Tensor, v_cache: Tensor, cache_idx: Tensor, mask: Tensor | None, nh: int,
                              nkv: int, hd: int) -> tuple[Tensor, Tensor]:
         """:func:`_layer_forward` of a decode step (S == 1, ``mask`` [B,1,1,T]) with its attention in Triton."""
         assert mask is not None and x.shape[1] == 1
-        if self.triton_qkv and decode_linear.usable(x[:, 0]):
-            x, h = self._pre_norm(x, delta, w)
-            qkv = decode_linear.linear(h[:, 0], w.qkv)[:, None]
-        else:
-            x, qkv = self._layer_in(x, delta, w)
+        x, qkv = self._layer_in(x, delta, w)
         att = decode_attention.decode_attention(qkv[:, 0], cos[:, 0], sin[:, 0], k_cache, v_cache, cache_idx,
                                                 mask[:, 0, 0], nh, nkv, hd)
         if not ((self.triton_gemv or self.triton_swiglu) and decode_linear.usable(att)):
