@@ -84,6 +84,18 @@ def test_launch_config_keeps_chunks_short_but_not_tiny() -> None:
     assert da.launch_config(1, 32, 10) == (1, 16, 1)
 
 
+def test_gemv_pipeline_fits_the_devices_shared_memory() -> None:
+    from crane_x7_vla.models import decode_linear as dl
+
+    h200, rtx4090 = 232_448, 101_376
+    assert dl.fit_pipeline(32, 512, 4, False, 2, h200) == (512, 4)  # the tuned defaults on the H200
+    assert dl.fit_pipeline(32, 128, 3, True, 2, h200) == (128, 3)
+    assert dl.fit_pipeline(32, 512, 4, False, 4, h200) == (512, 3)  # float32 tiles: one stage fewer
+    assert dl.fit_pipeline(32, 512, 4, False, 2, rtx4090) == (512, 2)
+    assert dl.fit_pipeline(32, 512, 4, False, 4, rtx4090) == (256, 2)
+    assert dl.fit_pipeline(32, 16, 4, True, 4, 1000) == (16, 2)  # never below one MMA K block
+
+
 def test_bad_shapes_are_named() -> None:
     c = _case(1, 2, 2, 8, 10, 3, "cpu", torch.float32)
     with pytest.raises(ValueError, match="qkv width"):

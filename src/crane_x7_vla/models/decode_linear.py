@@ -33,6 +33,33 @@ def usable(x: Tensor) -> bool:
     return (x.is_cuda or _interpreting()) and triton_available() and x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS
 
 
+SMEM_MARGIN = 16 * 1024  # shared memory Triton may use beside the pipelined tiles (layout conversions)
+
+
+def fit_pipeline(block_n: int, block_k: int, stages: int, swiglu: bool, elem_size: int,
+                 smem_limit: int) -> tuple[int, int]:
+    """(block_k, stages) that fit a device's shared memory per block: Triton keeps ``stages - 1`` copies of the
+    x tile and the weight tile(s). The defaults were tuned on the H200 (227 KB); consumer GPUs (~100 KB) get
+    fewer stages (down to 2), then shorter K blocks (down to 16, the smallest MMA K)."""
+    def need(bk: int, st: int) -> int:
+        return max(1, st - 1) * (MAX_ROWS + block_n * (2 if swiglu else 1)) * bk * elem_size + SMEM_MARGIN
+
+    while need(block_k, stages) > smem_limit and stages > 2:
+        stages -= 1
+    while need(block_k, stages) > smem_limit and block_k > 16:
+        block_k //= 2
+    return block_k, stages
+
+
+@functools.cache
+def _smem_limit(device: torch.device) -> int:
+    if device.type != "cuda":  # Triton's interpreter: no limit
+        return 1 << 30
+    from triton.runtime import driver
+
+    return int(driver.active.utils.get_device_properties(device.index or 0)["max_shared_mem"])
+
+
 def reference(x: Tensor, w: Tensor, residual: Tensor | None = None) -> Tensor:
     out = torch.nn.functional.linear(x, w)
     return out if residual is None else residual + out
@@ -94,8 +121,7 @@ def _launch(x: Tensor, w: Tensor, n: int, residual: Tensor | None, swiglu: bool,
                          f"w [N, K] (got x {tuple(x.shape)}, w {tuple(w.shape)}); check usable(x) first")
     if residual is not None and (residual.shape != (m, n) or residual.stride(-1) != 1):
         raise ValueError(f"residual must be [M, N] = {(m, n)} with unit stride in N")
-    if x.element_size() > 2:  # float32 tiles take twice the shared memory per stage (tl.dot needs K >= 16)
-        block_k = max(16, block_k // 4)
+    block_k, num_stages = fit_pipeline(block_n, block_k, num_stages, swiglu, x.element_size(), _smem_limit(x.device))
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
     res = out if residual is None else residual
     _kernel(_interpreting())[(-(-n // block_n),)](
