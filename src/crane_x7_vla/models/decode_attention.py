@@ -14,7 +14,8 @@ between them. Here:
 
 Written by hand because no library has this decode step for a static cache with a key mask. FlashAttention's
 ``flash_attn_with_kvcache`` does RoPE, the cache append and split-KV in one kernel, but it is a separate CUDA
-build, and it has no per-key mask (the engine's prompts are padded after their ends). The math is the engine's
+build, and it takes per-row cache lengths, not a per-key mask (the engine's prompts are padded after their
+ends, so a row's valid keys are not one prefix). The math is the engine's
 ``_rope`` + ``index_copy_`` + SDPA; :func:`reference` is that math in torch, which the kernels are tested
 against (in Triton's CPU interpreter in float32, and on the GPU in bf16).
 """
@@ -46,13 +47,14 @@ def triton_available() -> bool:
     return True
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """Whether Triton kernels run in its CPU interpreter (TRITON_INTERPRET=1; the CPU tests set it)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def usable(qkv: Tensor) -> bool:
     """Whether the kernels run for these activations: on CUDA (or in Triton's CPU interpreter) with Triton."""
-    return (qkv.is_cuda or _interpreting()) and triton_available()
+    return (qkv.is_cuda or interpreting()) and triton_available()
 
 
 def launch_config(batch: int, heads: int, keys: int) -> tuple[int, int, int]:
@@ -208,7 +210,7 @@ def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_c
     default = launch_config(b, nh, t)
     splits, block_t, num_warps = splits or default[0], block_t or default[1], num_warps or default[2]
     chunk = math.ceil(t / splits)
-    partial, combine = _kernels(_interpreting())
+    partial, combine = _kernels(interpreting())
     acc = torch.empty(b, nh, splits, hd, device=qkv.device, dtype=torch.float32)
     ml = torch.empty(b, nh, splits, 2, device=qkv.device, dtype=torch.float32)
     out = torch.empty(b, nh * hd, device=qkv.device, dtype=qkv.dtype)

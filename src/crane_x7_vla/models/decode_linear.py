@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from crane_x7_vla.models.decode_attention import _interpreting, triton_available
+from crane_x7_vla.models.decode_attention import interpreting, triton_available
 
 MAX_ROWS = 16  # one MMA tile of rows; more go to cuBLAS
 BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 32, 512, 4, 4  # best for o and down on the H200 (sessions 9, 11)
@@ -30,7 +30,7 @@ SWIGLU_BLOCK_N, SWIGLU_BLOCK_K, SWIGLU_STAGES = 32, 128, 3  # best for gate/up w
 
 def usable(x: Tensor) -> bool:
     """Whether :func:`linear` runs for activations x [M, K]: Triton on CUDA (or its CPU interpreter), M <= 16."""
-    return (x.is_cuda or _interpreting()) and triton_available() and x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS
+    return (x.is_cuda or interpreting()) and triton_available() and x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS
 
 
 SMEM_MARGIN = 16 * 1024  # shared memory Triton may use beside the pipelined tiles (layout conversions)
@@ -124,7 +124,7 @@ def _launch(x: Tensor, w: Tensor, n: int, residual: Tensor | None, swiglu: bool,
     block_k, num_stages = fit_pipeline(block_n, block_k, num_stages, swiglu, x.element_size(), _smem_limit(x.device))
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
     res = out if residual is None else residual
-    _kernel(_interpreting())[(-(-n // block_n),)](
+    _kernel(interpreting())[(-(-n // block_n),)](
         x, w, res, out, m, n, k, x.stride(0), res.stride(0), out.stride(0),
         RESIDUAL=residual is not None, SWIGLU=swiglu, IEEE=x.dtype == torch.float32, BLOCK_M=MAX_ROWS,
         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
