@@ -186,6 +186,7 @@ def main() -> None:
     result["eager_b1_ms_p50"], result["eager_b1_ms_p99"] = _pct(eager, 50), _pct(eager, 99)
 
     engine = OpenVLAEngine(model, max_batch=32)
+    result["engine_triton_decode"] = engine.triton_attention  # False if the kernels' probe failed (logged)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

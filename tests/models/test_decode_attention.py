@@ -166,3 +166,18 @@ def test_continuous_batcher_with_triton_decode_kernels_matches_the_eager_loop(
         b.step()
     np.testing.assert_allclose(np.stack([first.result().action, second.result().action]), want, atol=1e-6)
     b.close()
+
+
+@pytest.mark.skipif(not (da.triton_available() and os.environ.get("TRITON_INTERPRET") == "1"),
+                    reason="runs the probe's kernels in Triton's interpreter")
+def test_probe_passes_working_kernels_and_names_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA the engine probes the kernels first and falls back to torch (with a warning) if they fail."""
+    from crane_x7_vla.models import engine
+
+    assert engine._triton_probe(torch.device("cpu"), torch.float32) is None
+
+    def broken(*args: object, **kw: object) -> torch.Tensor:
+        raise RuntimeError("no MMA on this GPU")
+
+    monkeypatch.setattr(da, "decode_attention", broken)
+    assert engine._triton_probe(torch.device("cpu"), torch.float32) == "RuntimeError: no MMA on this GPU"

@@ -21,6 +21,7 @@ in Triton's CPU interpreter.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -38,6 +39,8 @@ from crane_x7_vla.models.config import ENGINE_TEXT_BUCKET
 from crane_x7_vla.models.generate import SampleOutput, action_logits, log_probs_and_entropy
 from crane_x7_vla.models.openvla import OpenVLA
 from crane_x7_vla.models.processing import ImageLike, ModelInputs
+
+log = logging.getLogger(__name__)
 
 
 def _next_pow2(n: int) -> int:
@@ -154,6 +157,27 @@ def _layer_in(x: Tensor, delta: Tensor | None, w: _LayerWeights) -> tuple[Tensor
     if delta is not None:
         x = x + delta
     return x, F.linear(_rms_norm(x, w.ln1, w.eps), w.qkv)
+
+
+def _triton_probe(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Run the Triton decode kernels once at small sizes against their torch references: None if they build
+    and agree, else what went wrong."""
+    try:
+        g = torch.Generator(device=device).manual_seed(0)
+        qkv, cs = (torch.randn(2, n, device=device, generator=g).to(dtype) for n in (3 * 32, 16))
+        k, v = (torch.randn(2, 2, 24, 16, device=device, generator=g).to(dtype) for _ in range(2))
+        col, valid = torch.tensor([20], device=device), torch.ones(2, 24, dtype=torch.bool, device=device)
+        want = decode_attention.reference(qkv, cs, cs, k.clone(), v.clone(), col, valid, 2, 2, 16)
+        got = decode_attention.decode_attention(qkv, cs, cs, k, v, col, valid, 2, 2, 16)
+        w = torch.randn(64, 96, device=device, generator=g).to(dtype)
+        got_mm = decode_linear.swiglu(qkv, w)
+        want_mm = decode_linear.reference_swiglu(qkv, w)
+        for a, b in ((got, want), (got_mm, want_mm)):
+            if not torch.allclose(a.float(), b.float(), atol=0.1, rtol=0.05):
+                return "results differ from the torch reference"
+    except Exception as e:  # any failure to build or run them (unsupported GPU, Triton version, resources)
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _effective_weight(lin: torch.nn.Module) -> Tensor:
@@ -290,9 +314,16 @@ class OpenVLAEngine:
         """Decode steps through Triton (default on CUDA with Triton and compile_decode): RoPE, the cache writes
         and attention in two kernels between the layer's compiled halves (the q/k/v GEMM ends one, the o GEMM
         starts the other, so no fusion is lost); with up to 16 rows also the o and down projections (no split-K)
-        and gate/up with its SwiGLU in :mod:`.decode_linear`'s GEMVs."""
+        and gate/up with its SwiGLU in :mod:`.decode_linear`'s GEMVs. By default the kernels are first probed
+        at small sizes, and a GPU where they fail keeps the torch path (logged)."""
         if attention is None:
             attention = compile_decode and self.device.type == "cuda" and decode_attention.triton_available()
+            if attention:  # the default: a GPU whose Triton cannot build the kernels keeps the torch path
+                error = _triton_probe(self.device, self.model.dtype)
+                if error is not None:
+                    log.warning("Triton decode kernels unavailable on %s (%s); decoding through torch/cuBLAS",
+                                torch.cuda.get_device_name(self.device), error)
+                    attention = gemv = swiglu = False
         self.triton_attention = bool(attention)
         self.triton_gemv = self.triton_attention if gemv is None else gemv
         self.triton_swiglu = self.triton_gemv if swiglu is None else swiglu
