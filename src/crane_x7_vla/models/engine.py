@@ -345,7 +345,8 @@ class OpenVLAEngine:
     def _triton_decode_layer(self, x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, w: _LayerWeights,
                              k_cache: Tensor, v_cache: Tensor, cache_idx: Tensor, mask: Tensor | None, nh: int,
                              nkv: int, hd: int) -> tuple[Tensor, Tensor]:
-        """:func:`_layer_forward` of a decode step (S == 1, ``mask`` [B,1,1,T]) with its attention in Triton."""
+        """:func:`_layer_forward` of a decode step (S == 1, ``mask`` [B,1,1,T]) with its attention, and up to 16
+        rows its o, gate/up and down GEMVs, in Triton."""
         assert mask is not None and x.shape[1] == 1
         x, qkv = self._layer_in(x, delta, w)
         att = decode_attention.decode_attention(qkv[:, 0], cos[:, 0], sin[:, 0], k_cache, v_cache, cache_idx,
