@@ -5,8 +5,8 @@
 Each variant runs for 32 layers (distinct weights and KV caches, so nothing stays in L2) inside one CUDA graph;
 the time is the best of five rounds of replays, in microseconds per layer. Rows:
 
-- ``attention``: RoPE + K/V cache write + attention over ``--keys`` keys. The torch side is the engine's
-  compiled RoPE, ``index_copy_`` and masked SDPA; the Triton side is ``decode_attention`` at its launch config.
+- ``attention``: RoPE + K/V cache write + attention over ``--keys`` keys. The torch side is
+  ``decode_attention.reference`` compiled (the engine's RoPE, ``index_copy_`` and masked SDPA); the Triton side is ``decode_attention`` at its launch config.
 - ``o`` / ``down``: ``residual + x @ W.T`` (cuBLAS + add against ``decode_linear.linear``).
 - ``gate_up``: ``silu(x @ Wg.T) * (x @ Wu.T)`` (cuBLAS + compiled SwiGLU against ``decode_linear.swiglu``).
 - ``qkv``: ``x @ W.T`` (cuBLAS against ``decode_linear.linear``; the engine keeps cuBLAS here).
@@ -28,7 +28,6 @@ import torch.nn.functional as F
 
 from crane_x7_vla.models import decode_attention as da
 from crane_x7_vla.models import decode_linear as dl
-from crane_x7_vla.models.engine import _attend, _heads, _rope
 
 LAYERS, HIDDEN, HEADS, HEAD_DIM, INTER = 32, 4096, 32, 128, 11008  # Llama-2-7B
 DEVICE = "cuda"
@@ -57,15 +56,6 @@ def per_layer_us(fn: Callable[[], Any], reps: int = 30, rounds: int = 5) -> floa
     return best
 
 
-def _torch_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
-                     v_cache: torch.Tensor, col: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    q, k, v = _heads(qkv[:, None], qkv.shape[0], 1, HEADS, HEADS, HEAD_DIM)
-    q, k = _rope(q, k, cos[:, None], sin[:, None])
-    k_cache.index_copy_(2, col, k)
-    v_cache.index_copy_(2, col, v)
-    return _attend(q, k_cache, v_cache, mask, HEADS, HEADS)
-
-
 def attention_rows(b: int, keys: int, sweep: bool, dt: torch.dtype) -> dict[str, Any]:
     dev = DEVICE
     col = torch.tensor([keys - 5], device=dev)
@@ -77,11 +67,10 @@ def attention_rows(b: int, keys: int, sweep: bool, dt: torch.dtype) -> dict[str,
     cos, sin = (t.expand(b, -1).to(dt).contiguous() for t in (ang.cos(), ang.sin()))
     valid = torch.zeros(b, keys, dtype=torch.bool, device=dev)
     valid[:, : keys - 4] = True
-    compiled = torch.compile(_torch_attention, dynamic=False, fullgraph=True)
-    mask = valid[:, None, None, :]
+    compiled = torch.compile(da.reference, dynamic=False, fullgraph=True)
     out: dict[str, Any] = {
-        "torch_compiled_sdpa": per_layer_us(lambda: [compiled(qkv[i], cos, sin, k_c[i], v_c[i], col, mask)
-                                                     for i in range(LAYERS)]),
+        "torch_compiled_sdpa": per_layer_us(lambda: [compiled(qkv[i], cos, sin, k_c[i], v_c[i], col, valid, HEADS,
+                                                              HEADS, HEAD_DIM) for i in range(LAYERS)]),
         "triton_config": da.launch_config(b, HEADS, keys),
         "triton": per_layer_us(lambda: [da.decode_attention(qkv[i], cos, sin, k_c[i], v_c[i], col, valid, HEADS,
                                                             HEADS, HEAD_DIM) for i in range(LAYERS)]),

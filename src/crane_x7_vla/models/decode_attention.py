@@ -28,7 +28,6 @@ import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 MAX_SPLITS = 16
@@ -81,21 +80,14 @@ def reference(qkv: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: T
               key_valid: Tensor, nh: int, nkv: int, hd: int) -> Tensor:
     """The engine's eager math: qkv [B, (nh+2nkv)hd] of one new token per row, cos/sin [B, hd], caches
     [B, nkv, T, hd] written at column ``col`` ([1] or [B]), key_valid [B, T] -> attention output [B, nh*hd]."""
+    from crane_x7_vla.models.engine import _attend, _heads, _rope  # here: the engine imports this module
+
     b = qkv.shape[0]
-    q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-    q, k, v = (t.reshape(b, n, 1, hd) for t, n in ((q, nh), (k, nkv), (v, nkv)))
-    c, s = cos[:, None, None, :], sin[:, None, None, :]
-
-    def rot(t: Tensor) -> Tensor:
-        t1, t2 = t.chunk(2, dim=-1)
-        return t * c + torch.cat((-t2, t1), dim=-1) * s
-
-    q, k = rot(q), rot(k)
+    q, k, v = _heads(qkv[:, None], b, 1, nh, nkv, hd)
+    q, k = _rope(q, k, cos[:, None], sin[:, None])
     write_rows(k_cache, col, k)
     write_rows(v_cache, col, v)
-    att = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=key_valid[:, None, None, :],
-                                         enable_gqa=nkv != nh)
-    return att.reshape(b, nh * hd)
+    return _attend(q, k_cache, v_cache, key_valid[:, None, None, :], nh, nkv)[:, 0]
 
 
 @functools.cache
