@@ -104,6 +104,13 @@ def test_bad_shapes_are_named() -> None:
         da.decode_attention(c["qkv"], c["cos"], c["sin"], c["k"][:, :, :5], c["v"], c["col"], c["valid"], 2, 2, 8)
 
 
+def test_triton_knobs_name_what_they_need(tiny_model: OpenVLA) -> None:
+    with pytest.raises(ValueError, match="triton_gemv needs triton_attention"):
+        OpenVLAEngine(tiny_model, triton_attention=False, triton_gemv=True)
+    with pytest.raises(ValueError, match="triton_swiglu needs triton_gemv"):
+        OpenVLAEngine(tiny_model, triton_attention=True, triton_gemv=False, triton_swiglu=True)
+
+
 @pytest.mark.skipif(not (da.triton_available() and os.environ.get("TRITON_INTERPRET") == "1"),
                     reason="the CPU engine runs Triton in its interpreter (on CUDA: test_continuous's graph test)")
 def test_engine_with_triton_decode_kernels_reproduces_the_eager_tokens(tiny_model: OpenVLA,

@@ -327,8 +327,10 @@ class OpenVLAEngine:
         self.triton_attention = bool(attention)
         self.triton_gemv = self.triton_attention if gemv is None else gemv
         self.triton_swiglu = self.triton_gemv if swiglu is None else swiglu
-        if (self.triton_gemv or self.triton_swiglu) and not self.triton_attention:
-            raise ValueError("triton_gemv / triton_swiglu need triton_attention (the decode layer they are part of)")
+        if self.triton_gemv and not self.triton_attention:
+            raise ValueError("triton_gemv needs triton_attention (the decode layer it is part of)")
+        if self.triton_swiglu and not self.triton_gemv:
+            raise ValueError("triton_swiglu needs triton_gemv (the o and down GEMVs around it)")
         if not attention:
             return
         if not decode_attention.usable(torch.empty(0, device=self.device)):
@@ -351,14 +353,14 @@ class OpenVLAEngine:
         x, qkv = self._layer_in(x, delta, w)
         att = decode_attention.decode_attention(qkv[:, 0], cos[:, 0], sin[:, 0], k_cache, v_cache, cache_idx,
                                                 mask[:, 0, 0], nh, nkv, hd)
-        if not ((self.triton_gemv or self.triton_swiglu) and decode_linear.usable(att)):
+        if not (self.triton_gemv and decode_linear.usable(att)):
             return self._layer_out(x, att[:, None], w)  # type: ignore[no-any-return]
-        x = (decode_linear.linear(att, w.o, x[:, 0]) if self.triton_gemv else x[:, 0] + F.linear(att, w.o))[:, None]
+        x = decode_linear.linear(att, w.o, x[:, 0])[:, None]
         if self.triton_swiglu:
             a = decode_linear.swiglu(self._post_norm(x, w)[:, 0], w.gate_up)
         else:
             a = self._swiglu(x, w)[:, 0]
-        return x, (decode_linear.linear(a, w.down) if self.triton_gemv else F.linear(a, w.down))[:, None]
+        return x, decode_linear.linear(a, w.down)[:, None]
 
     def _linears(self, layer: Any) -> list[torch.nn.Module]:
         at, mlp = layer.self_attn, layer.mlp
