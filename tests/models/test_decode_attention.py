@@ -187,4 +187,8 @@ def test_probe_passes_working_kernels_and_names_a_failure(monkeypatch: pytest.Mo
         raise RuntimeError("no MMA on this GPU")
 
     monkeypatch.setattr(da, "decode_attention", broken)
-    assert engine._triton_probe(torch.device("cpu"), torch.float32) == "RuntimeError: no MMA on this GPU"
+    engine._triton_probe.cache_clear()  # one answer per device and dtype
+    try:
+        assert engine._triton_probe(torch.device("cpu"), torch.float32) == "RuntimeError: no MMA on this GPU"
+    finally:
+        engine._triton_probe.cache_clear()

@@ -21,6 +21,7 @@ in Triton's CPU interpreter.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -159,9 +160,10 @@ def _layer_in(x: Tensor, delta: Tensor | None, w: _LayerWeights) -> tuple[Tensor
     return x, F.linear(_rms_norm(x, w.ln1, w.eps), w.qkv)
 
 
+@functools.cache
 def _triton_probe(device: torch.device, dtype: torch.dtype) -> str | None:
     """Run the Triton decode kernels once at small sizes against their torch references: None if they build
-    and agree, else what went wrong."""
+    and agree, else what went wrong. Once per device and dtype: every engine built there shares the answer."""
     try:
         g = torch.Generator(device=device).manual_seed(0)
         qkv, cs = (torch.randn(2, n, device=device, generator=g).to(dtype) for n in (3 * 32, 16))
