@@ -9,7 +9,12 @@ the time is the best of five rounds of replays, in microseconds per layer. Rows:
   ``decode_attention.reference`` compiled (the engine's RoPE, ``index_copy_`` and masked SDPA); the Triton side is ``decode_attention`` at its launch config.
 - ``o`` / ``down``: ``residual + x @ W.T`` (cuBLAS + add against ``decode_linear.linear``).
 - ``gate_up``: ``silu(x @ Wg.T) * (x @ Wu.T)`` (cuBLAS + compiled SwiGLU against ``decode_linear.swiglu``).
-- ``qkv``: ``x @ W.T`` (cuBLAS against ``decode_linear.linear``; the engine keeps cuBLAS here).
+- ``qkv``: ``x @ W.T`` (cuBLAS against ``decode_linear.linear``).
+- ``layer``: a whole decode layer. ``session11``: compiled residual + RMSNorm + cuBLAS q/k/v, the Triton
+  attention, o, compiled RMSNorm, gate/up + SwiGLU and down; ``fused_norms``: five
+  kernels (cuBLAS q/k/v, the Triton attention pair and GEMVs), no RMSNorm kernel (the engine's
+  ``_fused_decode_trunk``); ``fused_norms_pdl``: the same, the Triton kernels launched as programmatic
+  dependents (PDL, Hopper and later).
 
 ``--sweep`` also times each Triton kernel over a grid of block sizes, stages and warps. Prints one JSON object.
 """
@@ -122,6 +127,58 @@ def gemv_row(name: str, n: int, k: int, b: int, sweep: bool, dt: torch.dtype) ->
     return row
 
 
+def layer_rows(b: int, keys: int, dt: torch.dtype) -> dict[str, Any]:
+    from crane_x7_vla.models.engine import _layer_in, _LayerWeights, _post_norm
+
+    dev = DEVICE
+
+    def rand(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, device=dev) * shape[-1] ** -0.5).to(dt)
+
+    ws = [_LayerWeights(torch.rand(HIDDEN, device=dev).to(dt) + 0.5, rand(3 * HIDDEN, HIDDEN), rand(HIDDEN, HIDDEN),
+                        torch.rand(HIDDEN, device=dev).to(dt) + 0.5, rand(2 * INTER, HIDDEN), rand(HIDDEN, INTER),
+                        1e-5) for _ in range(LAYERS)]
+    k_c = [torch.randn(b, HEADS, keys, HEAD_DIM, device=dev, dtype=dt) for _ in range(LAYERS)]
+    v_c = [torch.randn(b, HEADS, keys, HEAD_DIM, device=dev, dtype=dt) for _ in range(LAYERS)]
+    col = torch.tensor([keys - 5], device=dev)
+    inv = 1.0 / 10000 ** (torch.arange(0, HEAD_DIM, 2, device=dev).float() / HEAD_DIM)
+    ang = torch.cat([inv, inv]) * float(keys - 5)
+    cos, sin = (t.expand(b, -1).to(dt).contiguous() for t in (ang.cos(), ang.sin()))
+    valid = torch.zeros(b, keys, dtype=torch.bool, device=dev)
+    valid[:, : keys - 4] = True
+    x0 = torch.randn(b, 1, HIDDEN, device=dev, dtype=dt)
+    layer_in = torch.compile(_layer_in, dynamic=False, fullgraph=True)
+    post_norm = torch.compile(_post_norm, dynamic=False, fullgraph=True)
+
+    def session11() -> torch.Tensor:
+        x, delta = x0, None
+        for i, w in enumerate(ws):
+            x, qkv = layer_in(x, delta, w)
+            att = da.decode_attention(qkv[:, 0], cos, sin, k_c[i], v_c[i], col, valid, HEADS, HEADS, HEAD_DIM)
+            x = dl.linear(att, w.o, x[:, 0])[:, None]
+            delta = dl.linear(dl.swiglu(post_norm(x, w)[:, 0], w.gate_up), w.down)[:, None]
+        return x + delta
+
+    def fused(pdl: bool) -> torch.Tensor:  # the engine's _fused_decode_trunk
+        x = x0[:, 0]
+        xg, sq = dl.norm_in(x, ws[0].ln1)
+        for i, w in enumerate(ws):
+            qkv = F.linear(xg, w.qkv)
+            att = da.decode_attention(qkv, cos, sin, k_c[i], v_c[i], col, valid, HEADS, HEADS, HEAD_DIM,
+                                      rms=(sq, w.eps, HIDDEN), pdl=pdl)
+            h, hg, hsq = dl.linear_norm_out(att, w.o, x, w.ln2, pdl=pdl)
+            a = dl.swiglu(hg, w.gate_up, rms_in=(hsq, w.eps), pdl=pdl)
+            x, xg, sq = dl.linear_norm_out(a, w.down, h, ws[(i + 1) % LAYERS].ln1, pdl=pdl)
+        return x
+
+    out: dict[str, Any] = {"session11": per_layer_us(session11), "fused_norms": per_layer_us(lambda: fused(False))}
+    if da.pdl_usable(torch.device(dev)):
+        out["fused_norms_pdl"] = per_layer_us(lambda: fused(True))
+    a, c = session11()[:, 0].float(), fused(False).float()
+    out["max_rel_diff_fused_vs_session11"] = float((a - c).abs().max() / a.abs().max())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="decode rows (robots) per step")
@@ -136,7 +193,8 @@ def main() -> None:
     for b in args.batches:
         shapes = {"o": (HIDDEN, HIDDEN), "down": (HIDDEN, INTER), "gate_up": (2 * INTER, HIDDEN),
                   "qkv": (3 * HIDDEN, HIDDEN)}
-        result[f"b{b}"] = {"attention": attention_rows(b, args.keys, args.sweep, dt),
+        result[f"b{b}"] = {"layer": layer_rows(b, args.keys, dt),
+                           "attention": attention_rows(b, args.keys, args.sweep, dt),
                            **{name: gemv_row(name, n, k, b, args.sweep, dt) for name, (n, k) in shapes.items()}}
     print(json.dumps(result, indent=2))
 

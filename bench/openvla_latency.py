@@ -187,6 +187,7 @@ def main() -> None:
 
     engine = OpenVLAEngine(model, max_batch=32)
     result["engine_triton_decode"] = engine.triton_attention  # False if the kernels' probe failed (logged)
+    result["engine_pdl"] = engine.pdl
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -200,14 +201,17 @@ def main() -> None:
 
     # Model-only time (inputs prepared once): what the GPU spends per action. A/Bs over the same weights (the
     # engines' fused weights are views, no copy): vision not compiled, the two towers on one stream, decode
-    # attention through SDPA instead of Triton, the GEMVs (or gate/up only) through cuBLAS. Timed in alternating rounds.
+    # attention through SDPA instead of Triton, the GEMVs (or gate/up only) through cuBLAS, the RMSNorms outside the
+    # GEMVs (session 11's layer), the Triton kernels launched with PDL. Timed in alternating rounds.
     inputs = model.prepare_inputs(images[:1], [INSTRUCTION])
     variants = {"": engine,
                 "_vision_eager": OpenVLAEngine(model, max_batch=1, compile_vision=False),
                 "_towers_serial": OpenVLAEngine(model, max_batch=1, parallel_towers=False),
                 "_sdpa_attention": OpenVLAEngine(model, max_batch=1, triton_attention=False, triton_gemv=False),
                 "_cublas_gemv": OpenVLAEngine(model, max_batch=1, triton_gemv=False, triton_swiglu=False),
-                "_cublas_swiglu": OpenVLAEngine(model, max_batch=1, triton_swiglu=False)}
+                "_cublas_swiglu": OpenVLAEngine(model, max_batch=1, triton_swiglu=False),
+                "_unfused_norms": OpenVLAEngine(model, max_batch=1, triton_fused_norms=False),
+                "_pdl": OpenVLAEngine(model, max_batch=1, pdl=True)}
     tokens = {name: e.generate(inputs, model.action_dim) for name, e in variants.items()}  # captures
     times = _interleaved({name: lambda e=e: e.generate(inputs, model.action_dim) for name, e in variants.items()},
                          args.iters)

@@ -39,16 +39,28 @@ def _case(b: int, nh: int, nkv: int, hd: int, t: int, col: int | list[int], devi
     return out
 
 
-def _compare(c: dict[str, torch.Tensor], nh: int, nkv: int, hd: int, tol: float, **kw: int) -> None:
+def _compare(c: dict[str, torch.Tensor], nh: int, nkv: int, hd: int, tol: float, rms: bool = False,
+             **kw: int) -> None:
+    """``rms``: qkv is given as (qkv * rms) with partial sums of squares whose rms it divides by."""
     k_ref, v_ref, k_got, v_got = c["k"].clone(), c["v"].clone(), c["k"].clone(), c["v"].clone()
     args = (c["cos"], c["sin"])
     want = da.reference(c["qkv"], *args, k_ref, v_ref, c["col"], c["valid"], nh, nkv, hd)
-    got = da.decode_attention(c["qkv"], *args, k_got, v_got, c["col"], c["valid"], nh, nkv, hd, **kw)
+    qkv, extra = c["qkv"], {}
+    if rms:  # 3 partial sums whose total over 5 elements gives rms = 0.5 + row, eps included
+        b = qkv.shape[0]
+        rms_row = 0.5 + torch.arange(b, device=qkv.device, dtype=torch.float32)
+        sq = ((rms_row**2 - 1e-5) * 5 / 3)[:, None].expand(b, 3).contiguous()
+        qkv = (qkv.float() * rms_row[:, None]).to(qkv.dtype)
+        extra = {"rms": (sq, 1e-5, 5)}
+    got = da.decode_attention(qkv, *args, k_got, v_got, c["col"], c["valid"], nh, nkv, hd, **extra, **kw)
     assert got.shape == want.shape and got.dtype == want.dtype
     torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
     # The cache holds the rotated key and the value at the write column and is untouched elsewhere.
     torch.testing.assert_close(k_got.float(), k_ref.float(), atol=tol, rtol=0)
-    assert torch.equal(v_got, v_ref)
+    if rms:  # v rescaled: float32 rounding
+        torch.testing.assert_close(v_got.float(), v_ref.float(), atol=tol, rtol=0)
+    else:
+        assert torch.equal(v_got, v_ref)
     assert not torch.equal(k_got, c["k"])
 
 
@@ -63,10 +75,11 @@ def _compare(c: dict[str, torch.Tensor], nh: int, nkv: int, hd: int, tol: float,
         (3, 2, 2, 30, [29, 3, 17], {"splits": 4, "block_t": 8}),  # a write column per row (slots)
     ],
 )
+@pytest.mark.parametrize("rms", [False, True])
 def test_kernels_match_the_engine_math(b: int, nh: int, nkv: int, t: int, col: int | list[int],
-                                       kw: dict[str, int]) -> None:
+                                       kw: dict[str, int], rms: bool) -> None:
     _compare(_case(b, nh, nkv, 16, t, col, "cpu" if not torch.cuda.is_available() else "cuda", torch.float32),
-             nh, nkv, 16, 1e-5, **kw)
+             nh, nkv, 16, 1e-5, rms, **kw)
 
 
 @pytest.mark.gpu
@@ -75,6 +88,52 @@ def test_kernels_in_bf16_at_openvla_sizes() -> None:
     for b in (1, 8):
         _compare(_case(b, 32, 32, 128, 300, 290, "cuda", torch.bfloat16, seed=b), 32, 32, 128, 2e-2)
     _compare(_case(4, 32, 32, 128, 300, [299, 5, 290, 100], "cuda", torch.bfloat16), 32, 32, 128, 2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and da.pdl_usable(torch.device("cuda"))),
+                    reason="needs a Hopper or later GPU")
+def test_pdl_launches_give_the_same_bits_in_a_graph() -> None:
+    """Four decode layers of the engine's fused path at openvla-7b's sizes (bf16), captured in a CUDA graph with each
+    kernel launched early (PDL) and waiting for its predecessor: bit for bit what the plain launches give. A
+    kernel reading its input before the one writing it had finished would differ."""
+    from crane_x7_vla.models import decode_linear as dl
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    hid, inter, nh, hd, t = 4096, 11008, 32, 128, 300
+
+    def rand(*shape: int, scale: float = 0.02) -> torch.Tensor:
+        return (torch.randn(*shape, device="cuda", generator=g) * scale).to(torch.bfloat16)
+
+    layers = [(rand(3 * hid, hid), rand(hid, hid), rand(2 * inter, hid), rand(hid, inter), rand(hid, scale=1) + 1,
+               rand(hid, scale=1) + 1) for _ in range(4)]
+    c = _case(1, nh, nh, hd, t, 290, "cuda", torch.bfloat16)
+    x0 = rand(1, hid, scale=1)
+
+    def run(pdl: bool, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        x = x0
+        xg, sq = dl.norm_in(x, layers[0][4])
+        for i, (qkv_w, o_w, gu_w, down_w, _, ln2) in enumerate(layers):
+            qkv = torch.nn.functional.linear(xg, qkv_w)
+            att = da.decode_attention(qkv, c["cos"], c["sin"], k, v, c["col"], c["valid"], nh, nh, hd,
+                                      rms=(sq, 1e-5, hid), pdl=pdl)
+            h, hg, hsq = dl.linear_norm_out(att, o_w, x, ln2, pdl=pdl)
+            a = dl.swiglu(hg, gu_w, rms_in=(hsq, 1e-5), pdl=pdl)
+            x, xg, sq = dl.linear_norm_out(a, down_w, h, layers[(i + 1) % len(layers)][4], pdl=pdl)
+        return x
+
+    outs = {}
+    for pdl in (False, True):
+        k, v = c["k"].clone(), c["v"].clone()
+        run(pdl, k.clone(), v.clone())  # compile outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = run(pdl, k, v)
+        graph.replay()
+        torch.cuda.synchronize()
+        outs[pdl] = (out.clone(), k, v)
+    for a, b in zip(outs[False], outs[True], strict=True):
+        assert torch.equal(a, b)
 
 
 def test_launch_config_keeps_chunks_short_but_not_tiny() -> None:
@@ -109,6 +168,13 @@ def test_triton_knobs_name_what_they_need(tiny_model: OpenVLA) -> None:
         OpenVLAEngine(tiny_model, triton_attention=False, triton_gemv=True)
     with pytest.raises(ValueError, match="triton_swiglu needs triton_gemv"):
         OpenVLAEngine(tiny_model, triton_attention=True, triton_gemv=False, triton_swiglu=True)
+    with pytest.raises(ValueError, match="triton_fused_norms needs triton_swiglu"):
+        OpenVLAEngine(tiny_model, triton_attention=True, triton_swiglu=False, triton_fused_norms=True)
+    with pytest.raises(ValueError, match="pdl needs triton_fused_norms"):
+        OpenVLAEngine(tiny_model, triton_attention=True, triton_fused_norms=False, pdl=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="pdl=True needs a Hopper"):
+            OpenVLAEngine(tiny_model, triton_attention=True, pdl=True)
 
 
 @pytest.mark.skipif(not (da.triton_available() and os.environ.get("TRITON_INTERPRET") == "1"),
@@ -125,6 +191,7 @@ def test_engine_with_triton_decode_kernels_reproduces_the_eager_tokens(tiny_mode
     want = torch.stack(toks, dim=1)
     engine = OpenVLAEngine(tiny_model, max_batch=4, text_bucket=8, triton_attention=True)
     assert engine._decode_layer == engine._triton_decode_layer and engine.triton_gemv and engine.triton_swiglu
+    assert engine.triton_fused_norms and not engine.pdl  # five kernels a layer; PDL needs a GPU
     # Batch 2: prompts of two lengths, the shorter padded after its end, so keys masked mid-cache. One call:
     # the interpreter runs every program of every layer and step in Python.
     got = engine.generate(tiny_model.prepare_inputs(images[:2], instructions), 8)
@@ -147,6 +214,28 @@ def test_gemvs_match_linear_and_swiglu(m: int, k: int, n: int) -> None:
     gate_up = torch.randn(2 * n, k, generator=g).to(device)
     torch.testing.assert_close(dl.swiglu(x, gate_up, block_n=16, block_k=32), dl.reference_swiglu(x, gate_up),
                                atol=1e-3, rtol=1e-4)  # gate * up reaches ~500 at K = 512
+    # The RMSNorm between two GEMVs: the first writes its output times the norm's weight and the output's
+    # partial sums of squares, the second divides by the rms. Rows of different scales, a weight != 1.
+    xs = x * torch.logspace(-2, 2, m, device=device)[:, None]
+    ln = torch.rand(k, generator=g).to(device) + 0.5
+    w_kk = torch.randn(k, k, generator=g).to(device) * k**-0.5
+    h, hg, hsq = dl.linear_norm_out(xs, w_kk, xs, ln, block_n=16, block_k=32)
+    torch.testing.assert_close(h, dl.reference(xs, w_kk, xs), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(hg, h * ln)
+    assert hsq.shape == (m, -(-k // 16)) and hsq.dtype == torch.float32
+    torch.testing.assert_close(hsq.sum(1), h.pow(2).sum(1))
+    torch.testing.assert_close(dl.linear(hg, w, r, rms_in=(hsq, 1e-5), block_n=16, block_k=32),
+                               dl.reference(h, w, r, (ln, 1e-5)), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(dl.swiglu(hg, gate_up, rms_in=(hsq, 1e-5), block_n=16, block_k=32),
+                               dl.reference_swiglu(h, gate_up, (ln, 1e-5)), atol=1e-3, rtol=1e-4)
+    # norm_in: the same for an input no GEMV produced (a decode step's embeddings)
+    xg, sq = dl.norm_in(xs, ln)
+    torch.testing.assert_close(dl.linear(xg, w, rms_in=(sq, 1e-5)), dl.reference(xs, w, norm=(ln, 1e-5)),
+                               atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="norm_out must be"):
+        dl.linear_norm_out(x, w, None, ln)
+    with pytest.raises(ValueError, match="sums of squares must be float32"):
+        dl.linear(x, w, rms_in=(hsq.double(), 1e-5))
     with pytest.raises(ValueError, match="residual must be"):
         dl.linear(x, w, r[:, :-1])
     with pytest.raises(ValueError, match="contiguous"):
@@ -181,7 +270,7 @@ def test_probe_passes_working_kernels_and_names_a_failure(monkeypatch: pytest.Mo
     """On CUDA the engine probes the kernels first and falls back to torch (with a warning) if they fail."""
     from crane_x7_vla.models import engine
 
-    assert engine._triton_probe(torch.device("cpu"), torch.float32) is None
+    assert engine._triton_probe(torch.device("cpu"), torch.float32, False) is None
 
     def broken(*args: object, **kw: object) -> torch.Tensor:
         raise RuntimeError("no MMA on this GPU")
@@ -189,6 +278,6 @@ def test_probe_passes_working_kernels_and_names_a_failure(monkeypatch: pytest.Mo
     monkeypatch.setattr(da, "decode_attention", broken)
     engine._triton_probe.cache_clear()  # one answer per device and dtype
     try:
-        assert engine._triton_probe(torch.device("cpu"), torch.float32) == "RuntimeError: no MMA on this GPU"
+        assert engine._triton_probe(torch.device("cpu"), torch.float32, False) == "RuntimeError: no MMA on this GPU"
     finally:
         engine._triton_probe.cache_clear()

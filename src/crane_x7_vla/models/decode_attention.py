@@ -51,6 +51,24 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def pdl_functions() -> tuple[Any, Any]:
+    """Triton's grid dependency control (gdc_wait, gdc_launch_dependents), or (None, None) where this Triton
+    lacks them. Kernels call them only when launched with ``launch_pdl`` (see :func:`pdl_usable`)."""
+    try:
+        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    except ImportError:
+        return None, None
+    return gdc_wait, gdc_launch_dependents
+
+
+def pdl_usable(device: torch.device) -> bool:
+    """Whether kernels on this device can be launched as programmatic dependents of the kernel before them
+    (PDL, Hopper and later): each starts while its predecessor finishes and waits in ``gdc_wait`` for its
+    results. Not in the interpreter, which runs one program at a time."""
+    return (device.type == "cuda" and not interpreting() and triton_available()
+            and pdl_functions()[0] is not None and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
 def usable(qkv: Tensor) -> bool:
     """Whether the kernels run for these activations: on CUDA (or in Triton's CPU interpreter) with Triton."""
     return (qkv.is_cuda or interpreting()) and triton_available()
@@ -95,11 +113,17 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # one pair per mode: triton.j
     import triton
     import triton.language as tl
 
+    gdc_wait, gdc_launch_dependents = pdl_functions()
+
     @triton.jit
-    def _partial(qkv_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, valid_ptr, col_ptr, acc_ptr, ml_ptr,
-                 stride_col, stride_qkv, stride_cs, stride_cb, stride_ch, stride_ct, stride_valid, T, chunk, scale,
-                 NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, HALF: tl.constexpr,
-                 SPLITS: tl.constexpr, BLOCK_T: tl.constexpr):
+    def _partial(qkv_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, valid_ptr, col_ptr, acc_ptr, ml_ptr, sq_ptr,
+                 stride_col, stride_qkv, stride_cs, stride_cb, stride_ch, stride_ct, stride_valid, stride_sq, T,
+                 chunk, scale, P, width, eps, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr,
+                 HALF: tl.constexpr, SPLITS: tl.constexpr, BLOCK_T: tl.constexpr, RMS: tl.constexpr,
+                 BLOCK_P: tl.constexpr, PDL: tl.constexpr):
+        if PDL:  # launched early: everything below reads the previous kernels' results
+            gdc_wait()
+            gdc_launch_dependents()
         b = tl.program_id(0)
         h = tl.program_id(1)
         s = tl.program_id(2)
@@ -113,19 +137,24 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # one pair per mode: triton.j
         s1 = tl.load(sin_ptr + cs + d).to(tl.float32)
         s2 = tl.load(sin_ptr + cs + HALF + d).to(tl.float32)
         row = qkv_ptr + b * stride_qkv
+        r = 1.0  # q/k/v scaled by r and rounded back as the projection rounds them (r = 1: unchanged)
+        if RMS:  # q/k/v were projected from RMSNorm's input times its weight: divide by its rms now
+            rp = tl.arange(0, BLOCK_P)
+            parts = tl.load(sq_ptr + b * stride_sq + rp, mask=rp < P, other=0.0)
+            r = 1.0 / tl.sqrt(tl.sum(parts, axis=0) / width + eps)
         # rotate_half RoPE: [x1, x2] -> [x1 c1 - x2 s1, x2 c2 + x1 s2]
-        q1 = tl.load(row + h * HD + d).to(tl.float32)
-        q2 = tl.load(row + h * HD + HALF + d).to(tl.float32)
+        q1 = (tl.load(row + h * HD + d).to(tl.float32) * r).to(dt).to(tl.float32)
+        q2 = (tl.load(row + h * HD + HALF + d).to(tl.float32) * r).to(dt).to(tl.float32)
         qa = (q1 * c1 - q2 * s1).to(dt).to(tl.float32) * scale
         qb = (q2 * c2 + q1 * s2).to(dt).to(tl.float32) * scale
         kr = row + (NH + kvh) * HD
-        k1 = tl.load(kr + d).to(tl.float32)
-        k2 = tl.load(kr + HALF + d).to(tl.float32)
+        k1 = (tl.load(kr + d).to(tl.float32) * r).to(dt).to(tl.float32)
+        k2 = (tl.load(kr + HALF + d).to(tl.float32) * r).to(dt).to(tl.float32)
         ka_new = (k1 * c1 - k2 * s1).to(dt)
         kb_new = (k2 * c2 + k1 * s2).to(dt)
         vr = row + (NH + NKV + kvh) * HD
-        va_new = tl.load(vr + d)
-        vb_new = tl.load(vr + HALF + d)
+        va_new = (tl.load(vr + d).to(tl.float32) * r).to(dt)
+        vb_new = (tl.load(vr + HALF + d).to(tl.float32) * r).to(dt)
         col = tl.load(col_ptr + b * stride_col)
         start = s * chunk
         stop = start + chunk  # the last chunk may reach past T; the loads below stop at T
@@ -167,7 +196,10 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # one pair per mode: triton.j
 
     @triton.jit
     def _combine(acc_ptr, ml_ptr, out_ptr, stride_out, NH: tl.constexpr, HD: tl.constexpr,
-                 SPLITS: tl.constexpr):
+                 SPLITS: tl.constexpr, PDL: tl.constexpr):
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
         b = tl.program_id(0)
         h = tl.program_id(1)
         part = (b * NH + h) * SPLITS + tl.arange(0, SPLITS)
@@ -184,10 +216,15 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # one pair per mode: triton.j
 
 
 def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, col: Tensor,
-                     key_valid: Tensor, nh: int, nkv: int, hd: int, *, splits: int | None = None,
-                     block_t: int | None = None, num_warps: int | None = None) -> Tensor:
+                     key_valid: Tensor, nh: int, nkv: int, hd: int, *, rms: tuple[Tensor, float, int] | None = None,
+                     pdl: bool = False, splits: int | None = None, block_t: int | None = None,
+                     num_warps: int | None = None) -> Tensor:
     """:func:`reference`'s result and cache writes, in two kernels. Every row attends over the keys that
-    ``key_valid`` marks (which must include ``col``). The launch parameters default to :func:`launch_config`."""
+    ``key_valid`` marks (which must include ``col``). ``rms=(sq, eps, width)``: qkv was projected from an
+    RMSNorm's input times its weight (``decode_linear.linear_norm_out``), sq [B, P] float32 are partial sums of
+    squares of that input of ``width`` elements: q, k and v are divided by its rms first. ``pdl``: launch both as
+    programmatic dependents of the kernel before them (:func:`pdl_usable`). The launch parameters default to
+    :func:`launch_config`."""
     b, width = qkv.shape
     t = k_cache.shape[2]
     if width != (nh + 2 * nkv) * hd or hd % 2 or nh % nkv:
@@ -203,13 +240,22 @@ def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_c
     splits, block_t, num_warps = splits or default[0], block_t or default[1], num_warps or default[2]
     chunk = math.ceil(t / splits)
     partial, combine = _kernels(interpreting())
+    pdl = pdl and not interpreting()
+    launch = {"launch_pdl": True} if pdl else {}
     acc = torch.empty(b, nh, splits, hd, device=qkv.device, dtype=torch.float32)
     ml = torch.empty(b, nh, splits, 2, device=qkv.device, dtype=torch.float32)
     out = torch.empty(b, nh * hd, device=qkv.device, dtype=qkv.dtype)
+    if rms is not None and (rms[0].shape[0] != b or rms[0].dim() != 2 or rms[0].dtype != torch.float32
+                            or rms[0].stride(-1) != 1):
+        raise ValueError(f"rms's sums of squares must be float32 [B, P] with B = {b} and unit stride in P")
+    sq, eps, norm_width = (acc, 0.0, 1) if rms is None else rms
+    parts = 1 if rms is None else sq.shape[1]
     partial[(b, nh, splits)](
-        qkv, cos, sin, k_cache, v_cache, key_valid, col, acc, ml,
+        qkv, cos, sin, k_cache, v_cache, key_valid, col, acc, ml, sq,
         0 if col.numel() == 1 else col.stride(0), qkv.stride(0), cos.stride(0), k_cache.stride(0),
-        k_cache.stride(1), k_cache.stride(2),        key_valid.stride(0), t, chunk, hd ** -0.5,
-        NH=nh, NKV=nkv, HD=hd, HALF=hd // 2, SPLITS=splits, BLOCK_T=block_t, num_warps=num_warps)
-    combine[(b, nh)](acc, ml, out, out.stride(0), NH=nh, HD=hd, SPLITS=splits, num_warps=num_warps)
+        k_cache.stride(1), k_cache.stride(2), key_valid.stride(0), sq.stride(0), t, chunk, hd ** -0.5, parts,
+        norm_width, eps, NH=nh, NKV=nkv, HD=hd, HALF=hd // 2, SPLITS=splits, BLOCK_T=block_t, RMS=rms is not None,
+        BLOCK_P=1 << max(0, parts - 1).bit_length(), PDL=pdl, num_warps=num_warps, **launch)
+    combine[(b, nh)](acc, ml, out, out.stride(0), NH=nh, HD=hd, SPLITS=splits, PDL=pdl, num_warps=num_warps,
+                     **launch)
     return out

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from crane_x7_vla.models.decode_attention import interpreting, triton_available
+from crane_x7_vla.models.decode_attention import interpreting, pdl_functions, triton_available
 
 MAX_ROWS = 16  # one MMA tile of rows; more go to cuBLAS
 BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 32, 512, 4, 4  # best for o and down on the H200 (sessions 9, 11)
@@ -60,8 +60,17 @@ def _smem_limit(device: torch.device) -> int:
     return int(driver.active.utils.get_device_properties(device.index or 0)["max_shared_mem"])
 
 
-def reference(x: Tensor, w: Tensor, residual: Tensor | None = None) -> Tensor:
-    out = torch.nn.functional.linear(x, w)
+def _rms(x: Tensor, norm: tuple[Tensor, float] | None) -> Tensor:
+    if norm is None:
+        return x
+    from crane_x7_vla.models.engine import _rms_norm  # here: the engine imports this module
+
+    return _rms_norm(x, norm[0], norm[1])
+
+
+def reference(x: Tensor, w: Tensor, residual: Tensor | None = None, norm: tuple[Tensor, float] | None = None) -> Tensor:
+    """``residual + RMSNorm(x) @ w.T`` in torch (``norm=(weight, eps)``; None: x itself)."""
+    out = torch.nn.functional.linear(_rms(x, norm), w)
     return out if residual is None else residual + out
 
 
@@ -70,12 +79,21 @@ def _kernel(interpret: bool) -> Any:  # one per mode: triton.jit reads TRITON_IN
     import triton
     import triton.language as tl
 
+    gdc_wait, gdc_launch_dependents = pdl_functions()
+
     @triton.jit
-    def _gemv(x_ptr, w_ptr, res_ptr, out_ptr, M, N, K, stride_x, stride_res, stride_out,
-              RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _gemv(x_ptr, w_ptr, res_ptr, out_ptr, sq_in_ptr, g_ptr, xg_ptr, sq_out_ptr, M, N, K, P, stride_x,
+              stride_res, stride_out, stride_sq_in, eps, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr,
+              RMS_IN: tl.constexpr, NORM_OUT: tl.constexpr, PDL: tl.constexpr, IEEE: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr):
         # out[m, n] = x[m] . w[n] (+ residual), or with SWIGLU silu(x[m] . w[n]) * (x[m] . w[N + n]): the weight
         # is gate rows then up rows, and each program reads both blocks of its outputs once.
+        # RMS_IN: x is RMSNorm's input times its weight (see NORM_OUT) and the products are scaled by
+        # 1 / rms = rsqrt(sum of the P partial sums of squares / K + eps) before rounding.
+        # NORM_OUT: also write the next RMSNorm's input: out * g (rounded) and this block's sum of squares of out.
+        if PDL:  # launched while the previous kernel finishes: wait for its results
+            gdc_wait()
+            gdc_launch_dependents()
         pid = tl.program_id(0)
         rm = tl.arange(0, BLOCK_M)
         rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -99,6 +117,13 @@ def _kernel(interpret: bool) -> Any:  # one per mode: triton.jit reads TRITON_IN
                     acc_up += tl.dot(a, tl.trans(u), input_precision="ieee")
                 else:
                     acc_up += tl.dot(a, tl.trans(u))
+        if RMS_IN:
+            rp = tl.arange(0, BLOCK_P)
+            parts = tl.load(sq_in_ptr + rm[:, None] * stride_sq_in + rp[None, :], mask=m_ok[:, None] & (rp < P)[None, :],
+                            other=0.0)
+            r = 1.0 / tl.sqrt(tl.sum(parts, axis=1) / K + eps)
+            acc = acc * r[:, None]
+            acc_up = acc_up * r[:, None]
         dt = out_ptr.dtype.element_ty
         out = acc.to(dt)
         if SWIGLU:  # eager rounding: gate and up in the weight's dtype, silu(gate) rounded, the product rounded
@@ -106,43 +131,93 @@ def _kernel(interpret: bool) -> Any:  # one per mode: triton.jit reads TRITON_IN
             out = ((g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32) * acc_up.to(dt).to(tl.float32)).to(dt)
         ok = m_ok[:, None] & n_ok[None, :]
         if RESIDUAL:
-            r = tl.load(res_ptr + rm[:, None] * stride_res + rn[None, :], mask=ok, other=0.0)
-            out = (r.to(tl.float32) + out.to(tl.float32)).to(dt)
+            res = tl.load(res_ptr + rm[:, None] * stride_res + rn[None, :], mask=ok, other=0.0)
+            out = (res.to(tl.float32) + out.to(tl.float32)).to(dt)
         tl.store(out_ptr + rm[:, None] * stride_out + rn[None, :], out, mask=ok)
+        if NORM_OUT:
+            of = tl.where(ok, out.to(tl.float32), 0.0)
+            gn = tl.load(g_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+            tl.store(xg_ptr + rm[:, None] * stride_out + rn[None, :], (of * gn[None, :]).to(dt), mask=ok)
+            tl.store(sq_out_ptr + rm * tl.num_programs(0) + pid, tl.sum(of * of, axis=1), mask=m_ok)
 
     return _gemv
 
 
-def _launch(x: Tensor, w: Tensor, n: int, residual: Tensor | None, swiglu: bool, block_n: int, block_k: int,
-            num_warps: int, num_stages: int) -> Tensor:
+def _launch(x: Tensor, w: Tensor, n: int, residual: Tensor | None, swiglu: bool, rms_in: tuple[Tensor, float] | None,
+            norm_out: Tensor | None, pdl: bool, block_n: int, block_k: int, num_warps: int,
+            num_stages: int) -> tuple[Tensor, Tensor, Tensor]:
     m, k = x.shape
     if not usable(x) or w.shape != ((2 if swiglu else 1) * n, k) or not w.is_contiguous() or x.stride(-1) != 1:
         raise ValueError(f"decode_linear needs x [M <= {MAX_ROWS}, K] with unit stride in K and a contiguous "
                          f"w [N, K] (got x {tuple(x.shape)}, w {tuple(w.shape)}); check usable(x) first")
     if residual is not None and (residual.shape != (m, n) or residual.stride(-1) != 1):
         raise ValueError(f"residual must be [M, N] = {(m, n)} with unit stride in N")
+    if rms_in is not None and (rms_in[0].dim() != 2 or rms_in[0].shape[0] != m or rms_in[0].stride(-1) != 1
+                               or rms_in[0].dtype != torch.float32):
+        raise ValueError(f"rms_in's sums of squares must be float32 [M, P] = [{m}, P] with unit stride in P "
+                         f"(got {tuple(rms_in[0].shape)}, {rms_in[0].dtype})")
+    if norm_out is not None and (norm_out.shape != (n,) or norm_out.stride(0) != 1):
+        raise ValueError(f"norm_out must be the next RMSNorm's contiguous weight [N] = [{n}]")
     block_k, num_stages = fit_pipeline(block_n, block_k, num_stages, swiglu, x.element_size(), _smem_limit(x.device))
+    grid = -(-n // block_n)
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    xg = torch.empty_like(out) if norm_out is not None else out
+    sq_out = torch.empty(m, grid, device=x.device, dtype=torch.float32) if norm_out is not None else out
     res = out if residual is None else residual
-    _kernel(interpreting())[(-(-n // block_n),)](
-        x, w, res, out, m, n, k, x.stride(0), res.stride(0), out.stride(0),
-        RESIDUAL=residual is not None, SWIGLU=swiglu, IEEE=x.dtype == torch.float32, BLOCK_M=MAX_ROWS,
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
-    return out
+    sq_in, eps = (out, 0.0) if rms_in is None else rms_in
+    pdl = pdl and not interpreting()  # the interpreter runs one program at a time: nothing to overlap
+    _kernel(interpreting())[(grid,)](
+        x, w, res, out, sq_in, out if norm_out is None else norm_out, xg, sq_out, m, n, k,
+        1 if rms_in is None else sq_in.shape[1], x.stride(0), res.stride(0), out.stride(0), sq_in.stride(0), eps,
+        RESIDUAL=residual is not None, SWIGLU=swiglu, RMS_IN=rms_in is not None, NORM_OUT=norm_out is not None,
+        PDL=pdl, IEEE=x.dtype == torch.float32, BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
+        BLOCK_P=_next_pow2(1 if rms_in is None else sq_in.shape[1]), num_warps=num_warps, num_stages=num_stages,
+        **({"launch_pdl": True} if pdl else {}))
+    return out, xg, sq_out
 
 
-def linear(x: Tensor, w: Tensor, residual: Tensor | None = None, *, block_n: int = BLOCK_N, block_k: int = BLOCK_K,
-           num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES) -> Tensor:
-    """``residual + x @ w.T`` (or ``x @ w.T``) for x [M <= 16, K], w [N, K] (row-major), residual [M, N]."""
-    return _launch(x, w, w.shape[0], residual, False, block_n, block_k, num_warps, num_stages)
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
-def swiglu(x: Tensor, gate_up: Tensor, *, block_n: int = SWIGLU_BLOCK_N, block_k: int = SWIGLU_BLOCK_K,
-           num_warps: int = NUM_WARPS, num_stages: int = SWIGLU_STAGES) -> Tensor:
-    """``silu(x @ Wg.T) * (x @ Wu.T)`` for x [M <= 16, K] and the stacked gate_up = [Wg; Wu] [2N, K]."""
-    return _launch(x, gate_up, gate_up.shape[0] // 2, None, True, block_n, block_k, num_warps, num_stages)
+def linear(x: Tensor, w: Tensor, residual: Tensor | None = None, *, rms_in: tuple[Tensor, float] | None = None,
+           pdl: bool = False, block_n: int = BLOCK_N, block_k: int = BLOCK_K, num_warps: int = NUM_WARPS,
+           num_stages: int = NUM_STAGES) -> Tensor:
+    """``residual + x @ w.T`` (or ``x @ w.T``) for x [M <= 16, K], w [N, K] (row-major), residual [M, N].
+    ``rms_in=(sq, eps)``: x is an RMSNorm's input times its weight and sq [M, P] float32 partial sums of squares
+    of that input (from :func:`linear_norm_out`): the products are divided by its rms, so the result is the
+    RMSNorm's output times w. ``pdl``: launch as a programmatic dependent of the previous kernel (Hopper and
+    later)."""
+    return _launch(x, w, w.shape[0], residual, False, rms_in, None, pdl, block_n, block_k, num_warps, num_stages)[0]
 
 
-def reference_swiglu(x: Tensor, gate_up: Tensor) -> Tensor:
-    gate, up = torch.nn.functional.linear(x, gate_up).chunk(2, dim=-1)
+def linear_norm_out(x: Tensor, w: Tensor, residual: Tensor | None, norm_weight: Tensor, *, pdl: bool = False,
+                    block_n: int = BLOCK_N, block_k: int = BLOCK_K, num_warps: int = NUM_WARPS,
+                    num_stages: int = NUM_STAGES) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`linear`'s ``out`` with, from the same epilogue, what the next RMSNorm (weight [N]) needs:
+    ``out * norm_weight`` rounded to out's dtype, and per-block sums of squares of ``out`` [M, P] float32.
+    Passed on as ``x`` and ``rms_in`` to the next GEMM (or :func:`decode_attention.decode_attention`), they
+    make that RMSNorm part of it, with no kernel or extra pass of its own."""
+    return _launch(x, w, w.shape[0], residual, False, None, norm_weight, pdl, block_n, block_k, num_warps,
+                   num_stages)
+
+
+def swiglu(x: Tensor, gate_up: Tensor, *, rms_in: tuple[Tensor, float] | None = None, pdl: bool = False,
+           block_n: int = SWIGLU_BLOCK_N, block_k: int = SWIGLU_BLOCK_K, num_warps: int = NUM_WARPS,
+           num_stages: int = SWIGLU_STAGES) -> Tensor:
+    """``silu(x @ Wg.T) * (x @ Wu.T)`` for x [M <= 16, K] and the stacked gate_up = [Wg; Wu] [2N, K]; ``rms_in``
+    and ``pdl`` as in :func:`linear`."""
+    return _launch(x, gate_up, gate_up.shape[0] // 2, None, True, rms_in, None, pdl, block_n, block_k, num_warps,
+                   num_stages)[0]
+
+
+def norm_in(x: Tensor, norm_weight: Tensor) -> tuple[Tensor, Tensor]:
+    """What :func:`linear_norm_out` returns besides out, for an x that no GEMV produced (a step's embeddings):
+    (x * norm_weight rounded to x's dtype, sums of squares [M, 1] float32)."""
+    xf = x.float()
+    return (xf * norm_weight.float()).to(x.dtype), xf.pow(2).sum(-1, keepdim=True)
+
+
+def reference_swiglu(x: Tensor, gate_up: Tensor, norm: tuple[Tensor, float] | None = None) -> Tensor:
+    gate, up = torch.nn.functional.linear(_rms(x, norm), gate_up).chunk(2, dim=-1)
     return torch.nn.functional.silu(gate) * up

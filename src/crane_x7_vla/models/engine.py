@@ -161,21 +161,25 @@ def _layer_in(x: Tensor, delta: Tensor | None, w: _LayerWeights) -> tuple[Tensor
 
 
 @functools.cache
-def _triton_probe(device: torch.device, dtype: torch.dtype) -> str | None:
+def _triton_probe(device: torch.device, dtype: torch.dtype, pdl: bool) -> str | None:
     """Run the Triton decode kernels once at small sizes against their torch references: None if they build
-    and agree, else what went wrong. Once per device and dtype: every engine built there shares the answer."""
+    and agree, else what went wrong. Once per device, dtype and launch mode: every engine built there shares
+    the answer."""
     try:
         g = torch.Generator(device=device).manual_seed(0)
         qkv, cs = (torch.randn(2, n, device=device, generator=g).to(dtype) for n in (3 * 32, 16))
         k, v = (torch.randn(2, 2, 24, 16, device=device, generator=g).to(dtype) for _ in range(2))
         col, valid = torch.tensor([20], device=device), torch.ones(2, 24, dtype=torch.bool, device=device)
         want = decode_attention.reference(qkv, cs, cs, k.clone(), v.clone(), col, valid, 2, 2, 16)
-        got = decode_attention.decode_attention(qkv, cs, cs, k, v, col, valid, 2, 2, 16)
-        w = torch.randn(64, 96, device=device, generator=g).to(dtype)
-        got_mm = decode_linear.swiglu(qkv, w)
-        want_mm = decode_linear.reference_swiglu(qkv, w)
-        for a, b in ((got, want), (got_mm, want_mm)):
-            if not torch.allclose(a.float(), b.float(), atol=0.1, rtol=0.05):
+        got = decode_attention.decode_attention(qkv, cs, cs, k, v, col, valid, 2, 2, 16, pdl=pdl)
+        w, w_sq = (torch.randn(n, 96, device=device, generator=g).to(dtype) for n in (64, 96))
+        ln = torch.rand(96, device=device, generator=g).to(dtype) + 0.5
+        h, hg, hsq = decode_linear.linear_norm_out(qkv, w_sq, qkv, ln, pdl=pdl)  # the next norm's input
+        pairs = [(got, want), (h, decode_linear.reference(qkv, w_sq, qkv)),
+                 (decode_linear.swiglu(hg, w, rms_in=(hsq, 1e-5), pdl=pdl),
+                  decode_linear.reference_swiglu(h, w, (ln, 1e-5)))]
+        for a, b in pairs:  # relative to the output's scale: rounding paths differ, a wrong kernel is far off
+            if not (a.float() - b.float()).abs().max() <= 0.02 * b.float().abs().max() + 1e-3:
                 return "results differ from the torch reference"
     except Exception as e:  # any failure to build or run them (unsupported GPU, Triton version, resources)
         return f"{type(e).__name__}: {e}"
@@ -259,6 +263,8 @@ class OpenVLAEngine:
         triton_attention: bool | None = None,
         triton_gemv: bool | None = None,
         triton_swiglu: bool | None = None,
+        triton_fused_norms: bool | None = None,
+        pdl: bool = False,
         exact_batch_upto: int = 8,
         min_batch: int = 1,
     ) -> None:
@@ -290,7 +296,8 @@ class OpenVLAEngine:
             compiled = torch.compile(_layer_forward, dynamic=False, fullgraph=True)
             self._decode_layer = compiled if compile_decode else _layer_forward
             self._prefill_layer = compiled if compile_prefill else _layer_forward
-        self._setup_triton_decode(triton_attention, triton_gemv, triton_swiglu, compile_decode)
+        self._setup_triton_decode(triton_attention, triton_gemv, triton_swiglu, triton_fused_norms, pdl,
+                                  compile_decode)
         self._vision: Callable[[Tensor], Tensor] = self._vision_forward
         self._tower_stream: torch.cuda.Stream | None = None
         backbone = model.vision_backbone
@@ -312,27 +319,36 @@ class OpenVLAEngine:
         self._lock = threading.Lock()
 
     def _setup_triton_decode(self, attention: bool | None, gemv: bool | None, swiglu: bool | None,
-                             compile_decode: bool) -> None:
+                             fused_norms: bool | None, pdl: bool, compile_decode: bool) -> None:
         """Decode steps through Triton (default on CUDA with Triton and compile_decode): RoPE, the cache writes
-        and attention in two kernels between the layer's compiled halves (the q/k/v GEMM ends one, the o GEMM
-        starts the other, so no fusion is lost); with up to 16 rows also the o and down projections (no split-K)
-        and gate/up with its SwiGLU in :mod:`.decode_linear`'s GEMVs. By default the kernels are first probed
-        at small sizes, and a GPU where they fail keeps the torch path (logged)."""
+        and attention in two kernels (:mod:`.decode_attention`); with up to 16 rows also the o and down
+        projections with their residual adds (no split-K) and gate/up with its SwiGLU in :mod:`.decode_linear`'s
+        GEMVs; with ``fused_norms`` (up to 16 rows) the RMSNorms inside the GEMVs and attention around them, five
+        kernels a layer (:meth:`_fused_decode_trunk`); with ``pdl=True`` (Hopper and later; off by default,
+        it measured slower, docs/performance.md) the Triton kernels of that path launch while the kernel before
+        them finishes. By default the kernels are first probed at small sizes, and a GPU where they fail keeps
+        the torch path (logged)."""
         if attention is None:
             attention = compile_decode and self.device.type == "cuda" and decode_attention.triton_available()
             if attention:  # the default: a GPU whose Triton cannot build the kernels keeps the torch path
-                error = _triton_probe(self.device, self.model.dtype)
+                error = _triton_probe(self.device, self.model.dtype, bool(pdl))
                 if error is not None:
                     log.warning("Triton decode kernels unavailable on %s (%s); decoding through torch/cuBLAS",
                                 torch.cuda.get_device_name(self.device), error)
-                    attention = gemv = swiglu = False
+                    attention = gemv = swiglu = fused_norms = pdl = False
         self.triton_attention = bool(attention)
         self.triton_gemv = self.triton_attention if gemv is None else gemv
         self.triton_swiglu = self.triton_gemv if swiglu is None else swiglu
-        if self.triton_gemv and not self.triton_attention:
-            raise ValueError("triton_gemv needs triton_attention (the decode layer it is part of)")
-        if self.triton_swiglu and not self.triton_gemv:
-            raise ValueError("triton_swiglu needs triton_gemv (the o and down GEMVs around it)")
+        self.triton_fused_norms = self.triton_swiglu if fused_norms is None else fused_norms
+        self.pdl = bool(pdl)
+        for knob, needs, name in ((self.triton_gemv, self.triton_attention, "triton_gemv needs triton_attention"),
+                                  (self.triton_swiglu, self.triton_gemv, "triton_swiglu needs triton_gemv"),
+                                  (self.triton_fused_norms, self.triton_swiglu, "triton_fused_norms needs triton_swiglu"),
+                                  (self.pdl, self.triton_fused_norms, "pdl needs triton_fused_norms")):
+            if knob and not needs:
+                raise ValueError(f"{name} (the decode layer it is part of)")
+        if self.pdl and not decode_attention.pdl_usable(self.device):
+            raise ValueError("pdl=True needs a Hopper or later GPU and a Triton with grid dependency control")
         if not attention:
             return
         if not decode_attention.usable(torch.empty(0, device=self.device)):
@@ -363,6 +379,29 @@ class OpenVLAEngine:
         else:
             a = self._swiglu(x, w)[:, 0]
         return x, decode_linear.linear(a, w.down)[:, None]
+
+    def _fused_decode_trunk(self, x: Tensor, cos: Tensor, sin: Tensor, kv: tuple[list[Tensor], list[Tensor]],
+                            cache_idx: Tensor, key_valid: Tensor) -> Tensor:
+        """All layers of a decode step (x [B<=16, H] embeddings, key_valid [B, T]) in five kernels a layer: q/k/v
+        (cuBLAS), attention with RoPE and the cache write (two Triton kernels), and the o, gate/up + SwiGLU and
+        down GEMVs (Triton). No RMSNorm has a kernel: the GEMV before each writes its output times the norm's
+        weight and the output's partial sums of squares, and the kernel after it divides by the rms (see
+        :func:`.decode_linear.linear_norm_out`). The residual adds are the o and down GEMVs' epilogues.
+        Returns the last layer's output [B, H]."""
+        n = len(self.fused)
+        xg, sq = decode_linear.norm_in(x, self.fused[0].ln1)
+        for i, w in enumerate(self.fused):
+            qkv = F.linear(xg, w.qkv)
+            att = decode_attention.decode_attention(qkv, cos, sin, kv[0][i], kv[1][i], cache_idx, key_valid,
+                                                    self.num_heads, self.num_kv_heads, self.head_dim,
+                                                    rms=(sq, w.eps, x.shape[1]), pdl=self.pdl)
+            h, hg, hsq = decode_linear.linear_norm_out(att, w.o, x, w.ln2, pdl=self.pdl)
+            a = decode_linear.swiglu(hg, w.gate_up, rms_in=(hsq, w.eps), pdl=self.pdl)
+            if i + 1 < n:
+                x, xg, sq = decode_linear.linear_norm_out(a, w.down, h, self.fused[i + 1].ln1, pdl=self.pdl)
+            else:
+                x = decode_linear.linear(a, w.down, h, pdl=self.pdl)
+        return x
 
     def _linears(self, layer: Any) -> list[torch.nn.Module]:
         at, mlp = layer.self_attn, layer.mlp
@@ -565,8 +604,11 @@ class OpenVLAEngine:
         cos, sin = lm.rotary_emb(x, positions)
         s = x.shape[1]
         idx = torch.arange(start, start + s, device=x.device)
+        if s == 1 and self.triton_fused_norms and decode_linear.usable(x[:, 0]):
+            assert mask is not None
+            return self._fused_decode_trunk(x[:, 0], cos[:, 0], sin[:, 0], kv, idx, mask[:, 0, 0])[:, None]
         fn = self._decode_layer if s == 1 else self._prefill_layer
-        delta = None
+        delta: Tensor | None = None
         for i, w in enumerate(self.fused):
             x, delta = fn(x, delta, cos, sin, w, kv[0][i], kv[1][i], idx, mask, self.num_heads, self.num_kv_heads,
                           self.head_dim)
