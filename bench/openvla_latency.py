@@ -201,16 +201,16 @@ def main() -> None:
 
     # Model-only time (inputs prepared once): what the GPU spends per action. A/Bs over the same weights (the
     # engines' fused weights are views, no copy): vision not compiled, the two towers on one stream, decode
-    # attention through SDPA instead of Triton, the GEMVs (or gate/up only) through cuBLAS, the RMSNorms outside the
-    # GEMVs (session 11's layer), the Triton kernels launched with PDL. Timed in alternating rounds.
+    # attention through SDPA instead of Triton, the GEMVs through cuBLAS, the RMSNorms as kernels of their own
+    # (session 11's layer), q/k/v through cuBLAS, the Triton kernels launched with PDL. Timed in alternating rounds.
     inputs = model.prepare_inputs(images[:1], [INSTRUCTION])
     variants = {"": engine,
                 "_vision_eager": OpenVLAEngine(model, max_batch=1, compile_vision=False),
                 "_towers_serial": OpenVLAEngine(model, max_batch=1, parallel_towers=False),
                 "_sdpa_attention": OpenVLAEngine(model, max_batch=1, triton_attention=False, triton_gemv=False),
                 "_cublas_gemv": OpenVLAEngine(model, max_batch=1, triton_gemv=False, triton_swiglu=False),
-                "_cublas_swiglu": OpenVLAEngine(model, max_batch=1, triton_swiglu=False),
                 "_unfused_norms": OpenVLAEngine(model, max_batch=1, triton_fused_norms=False),
+                "_cublas_qkv": OpenVLAEngine(model, max_batch=1, triton_qkv=False),
                 "_pdl": OpenVLAEngine(model, max_batch=1, pdl=True)}
     tokens = {name: e.generate(inputs, model.action_dim) for name, e in variants.items()}  # captures
     times = _interleaved({name: lambda e=e: e.generate(inputs, model.action_dim) for name, e in variants.items()},

@@ -464,23 +464,22 @@ class ContinuousBatcher(SharedPolicy):
         # Triton's two kernels on CUDA (decode_attention), else the same math in torch.
         attend = decode_attention.decode_attention if eng.triton_attention else decode_attention.reference
         cos_d, sin_d = rope_d[0][:, 0], rope_d[1][:, 0]  # [S, hd]
-        gemv = eng.triton_gemv and eng.triton_swiglu and decode_linear.usable(xd[:, 0])
-        for i, w in enumerate(eng.fused):
-            x, prompt, qkv_d = self._in(xp, xd, rope_p, w, nh, nkv, hd)
-            k_cache, v_cache = self._k[i], self._v[i]
-            if prompt is not None:
-                assert a is not None
-                k_cache.narrow(2, 0, t).index_copy_(0, a.slot_ids, prompt[1])
-                v_cache.narrow(2, 0, t).index_copy_(0, a.slot_ids, prompt[2])
-            token_att = attend(qkv_d, cos_d, sin_d, k_cache, v_cache, self._col, self._valid, nh, nkv, hd)
-            if prompt is None and gemv:  # a decode-only step: the engine's decode GEMVs (no split-K)
-                x = decode_linear.linear(token_att, w.o, x)
-                x = decode_linear.linear(decode_linear.swiglu(eng._post_norm(x, w), w.gate_up), w.down, x)
-            else:
+        if a is None and eng.triton_fused_norms and decode_linear.usable(xd[:, 0]):
+            # A decode-only step: the engine's fused decode layers, with each slot's own write column.
+            xd = eng._fused_decode_trunk(xd[:, 0], cos_d, sin_d, (self._k, self._v), self._col, self._valid)[:, None]
+        else:
+            for i, w in enumerate(eng.fused):
+                x, prompt, qkv_d = self._in(xp, xd, rope_p, w, nh, nkv, hd)
+                k_cache, v_cache = self._k[i], self._v[i]
+                if prompt is not None:
+                    assert a is not None
+                    k_cache.narrow(2, 0, t).index_copy_(0, a.slot_ids, prompt[1])
+                    v_cache.narrow(2, 0, t).index_copy_(0, a.slot_ids, prompt[2])
+                token_att = attend(qkv_d, cos_d, sin_d, k_cache, v_cache, self._col, self._valid, nh, nkv, hd)
                 x = self._out_half(x, prompt, token_att, w, nh, nkv)
-            xd = x[n_p:].view(xd.shape)
-            if xp is not None:
-                xp = x[:n_p].view(xp.shape)
+                xd = x[n_p:].view(xd.shape)
+                if xp is not None:
+                    xp = x[:n_p].view(xp.shape)
         # Decode rows: record the token of each active slot and advance it; finished slots go idle.
         act = self._active
         tok = eng.greedy_tokens(lm.norm(xd[:, 0]))

@@ -26,6 +26,7 @@ from crane_x7_vla.models.decode_attention import interpreting, pdl_functions, tr
 MAX_ROWS = 16  # one MMA tile of rows; more go to cuBLAS
 BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 32, 512, 4, 4  # best for o and down on the H200 (sessions 9, 11)
 SWIGLU_BLOCK_N, SWIGLU_BLOCK_K, SWIGLU_STAGES = 32, 128, 3  # best for gate/up with SwiGLU (session 11 sweep)
+QKV_BLOCK_K, QKV_STAGES = 128, 4  # best for q/k/v (session 11 sweep: 25.0 us against cuBLAS's 27.1)
 
 
 def usable(x: Tensor) -> bool:

@@ -265,6 +265,7 @@ class OpenVLAEngine:
         triton_swiglu: bool | None = None,
         triton_fused_norms: bool | None = None,
         pdl: bool = False,
+        triton_qkv: bool = True,
         exact_batch_upto: int = 8,
         min_batch: int = 1,
     ) -> None:
@@ -298,6 +299,7 @@ class OpenVLAEngine:
             self._prefill_layer = compiled if compile_prefill else _layer_forward
         self._setup_triton_decode(triton_attention, triton_gemv, triton_swiglu, triton_fused_norms, pdl,
                                   compile_decode)
+        self.triton_qkv = triton_qkv and self.triton_fused_norms  # q/k/v of the fused path: Triton, else cuBLAS
         self._vision: Callable[[Tensor], Tensor] = self._vision_forward
         self._tower_stream: torch.cuda.Stream | None = None
         backbone = model.vision_backbone
@@ -382,16 +384,20 @@ class OpenVLAEngine:
 
     def _fused_decode_trunk(self, x: Tensor, cos: Tensor, sin: Tensor, kv: tuple[list[Tensor], list[Tensor]],
                             cache_idx: Tensor, key_valid: Tensor) -> Tensor:
-        """All layers of a decode step (x [B<=16, H] embeddings, key_valid [B, T]) in five kernels a layer: q/k/v
-        (cuBLAS), attention with RoPE and the cache write (two Triton kernels), and the o, gate/up + SwiGLU and
-        down GEMVs (Triton). No RMSNorm has a kernel: the GEMV before each writes its output times the norm's
+        """All layers of a decode step (x [B<=16, H] embeddings, cache_idx [1] or [B] write columns, key_valid
+        [B, T]) in five kernels a layer: the q/k/v GEMV (Triton, or cuBLAS without ``triton_qkv``), attention
+        with RoPE and the cache write (two Triton kernels), and the o, gate/up + SwiGLU and down GEMVs. No RMSNorm has a kernel: the GEMV before each writes its output times the norm's
         weight and the output's partial sums of squares, and the kernel after it divides by the rms (see
         :func:`.decode_linear.linear_norm_out`). The residual adds are the o and down GEMVs' epilogues.
         Returns the last layer's output [B, H]."""
         n = len(self.fused)
         xg, sq = decode_linear.norm_in(x, self.fused[0].ln1)
         for i, w in enumerate(self.fused):
-            qkv = F.linear(xg, w.qkv)
+            if self.triton_qkv:
+                qkv = decode_linear.linear(xg, w.qkv, block_k=decode_linear.QKV_BLOCK_K,
+                                           num_stages=decode_linear.QKV_STAGES)
+            else:
+                qkv = F.linear(xg, w.qkv)
             att = decode_attention.decode_attention(qkv, cos, sin, kv[0][i], kv[1][i], cache_idx, key_valid,
                                                     self.num_heads, self.num_kv_heads, self.head_dim,
                                                     rms=(sq, w.eps, x.shape[1]), pdl=self.pdl)
