@@ -187,7 +187,6 @@ def main() -> None:
 
     engine = OpenVLAEngine(model, max_batch=32)
     result["engine_triton_decode"] = engine.triton_attention  # False if the kernels' probe failed (logged)
-    result["engine_pdl"] = engine.pdl
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -202,7 +201,7 @@ def main() -> None:
     # Model-only time (inputs prepared once): what the GPU spends per action. A/Bs over the same weights (the
     # engines' fused weights are views, no copy): vision not compiled, the two towers on one stream, decode
     # attention through SDPA instead of Triton, the GEMVs through cuBLAS, the RMSNorms as kernels of their own
-    # (session 11's layer), q/k/v through cuBLAS, the Triton kernels launched with PDL. Timed in alternating rounds.
+    # (session 11's layer), q/k/v through cuBLAS. Timed in alternating rounds.
     inputs = model.prepare_inputs(images[:1], [INSTRUCTION])
     variants = {"": engine,
                 "_vision_eager": OpenVLAEngine(model, max_batch=1, compile_vision=False),
@@ -210,8 +209,7 @@ def main() -> None:
                 "_sdpa_attention": OpenVLAEngine(model, max_batch=1, triton_attention=False, triton_gemv=False),
                 "_cublas_gemv": OpenVLAEngine(model, max_batch=1, triton_gemv=False, triton_swiglu=False),
                 "_unfused_norms": OpenVLAEngine(model, max_batch=1, triton_fused_norms=False),
-                "_cublas_qkv": OpenVLAEngine(model, max_batch=1, triton_qkv=False),
-                "_pdl": OpenVLAEngine(model, max_batch=1, pdl=True)}
+                "_cublas_qkv": OpenVLAEngine(model, max_batch=1, triton_qkv=False)}
     tokens = {name: e.generate(inputs, model.action_dim) for name, e in variants.items()}  # captures
     times = _interleaved({name: lambda e=e: e.generate(inputs, model.action_dim) for name, e in variants.items()},
                          args.iters)

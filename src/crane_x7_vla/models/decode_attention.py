@@ -51,24 +51,6 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def pdl_functions() -> tuple[Any, Any]:
-    """Triton's grid dependency control (gdc_wait, gdc_launch_dependents), or (None, None) where this Triton
-    lacks them. Kernels call them only when launched with ``launch_pdl`` (see :func:`pdl_usable`)."""
-    try:
-        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-    except ImportError:
-        return None, None
-    return gdc_wait, gdc_launch_dependents
-
-
-def pdl_usable(device: torch.device) -> bool:
-    """Whether kernels on this device can be launched as programmatic dependents of the kernel before them
-    (PDL, Hopper and later): each starts while its predecessor finishes and waits in ``gdc_wait`` for its
-    results. Not in the interpreter, which runs one program at a time."""
-    return (device.type == "cuda" and not interpreting() and triton_available()
-            and pdl_functions()[0] is not None and torch.cuda.get_device_capability(device)[0] >= 9)
-
-
 def usable(qkv: Tensor) -> bool:
     """Whether the kernels run for these activations: on CUDA (or in Triton's CPU interpreter) with Triton."""
     return (qkv.is_cuda or interpreting()) and triton_available()
@@ -113,17 +95,12 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # one pair per mode: triton.j
     import triton
     import triton.language as tl
 
-    gdc_wait, gdc_launch_dependents = pdl_functions()
-
     @triton.jit
     def _partial(qkv_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, valid_ptr, col_ptr, acc_ptr, ml_ptr, sq_ptr,
                  stride_col, stride_qkv, stride_cs, stride_cb, stride_ch, stride_ct, stride_valid, stride_sq, T,
                  chunk, scale, P, width, eps, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr,
                  HALF: tl.constexpr, SPLITS: tl.constexpr, BLOCK_T: tl.constexpr, RMS: tl.constexpr,
-                 BLOCK_P: tl.constexpr, PDL: tl.constexpr):
-        if PDL:  # launched early: everything below reads the previous kernels' results
-            gdc_wait()
-            gdc_launch_dependents()
+                 BLOCK_P: tl.constexpr):
         b = tl.program_id(0)
         h = tl.program_id(1)
         s = tl.program_id(2)
@@ -196,10 +173,7 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # one pair per mode: triton.j
 
     @triton.jit
     def _combine(acc_ptr, ml_ptr, out_ptr, stride_out, NH: tl.constexpr, HD: tl.constexpr,
-                 SPLITS: tl.constexpr, PDL: tl.constexpr):
-        if PDL:
-            gdc_wait()
-            gdc_launch_dependents()
+                 SPLITS: tl.constexpr):
         b = tl.program_id(0)
         h = tl.program_id(1)
         part = (b * NH + h) * SPLITS + tl.arange(0, SPLITS)
@@ -217,14 +191,12 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # one pair per mode: triton.j
 
 def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, col: Tensor,
                      key_valid: Tensor, nh: int, nkv: int, hd: int, *, rms: tuple[Tensor, float, int] | None = None,
-                     pdl: bool = False, splits: int | None = None, block_t: int | None = None,
-                     num_warps: int | None = None) -> Tensor:
+                     splits: int | None = None, block_t: int | None = None, num_warps: int | None = None) -> Tensor:
     """:func:`reference`'s result and cache writes, in two kernels. Every row attends over the keys that
     ``key_valid`` marks (which must include ``col``). ``rms=(sq, eps, width)``: qkv was projected from an
     RMSNorm's input times its weight (``decode_linear.linear_norm_out``), sq [B, P] float32 are partial sums of
-    squares of that input of ``width`` elements: q, k and v are divided by its rms first. ``pdl``: launch both as
-    programmatic dependents of the kernel before them (:func:`pdl_usable`). The launch parameters default to
-    :func:`launch_config`."""
+    squares of that input of ``width`` elements: q, k and v are divided by its rms first. The launch parameters
+    default to :func:`launch_config`."""
     b, width = qkv.shape
     t = k_cache.shape[2]
     if width != (nh + 2 * nkv) * hd or hd % 2 or nh % nkv:
@@ -240,8 +212,6 @@ def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_c
     splits, block_t, num_warps = splits or default[0], block_t or default[1], num_warps or default[2]
     chunk = math.ceil(t / splits)
     partial, combine = _kernels(interpreting())
-    pdl = pdl and not interpreting()
-    launch = {"launch_pdl": True} if pdl else {}
     acc = torch.empty(b, nh, splits, hd, device=qkv.device, dtype=torch.float32)
     ml = torch.empty(b, nh, splits, 2, device=qkv.device, dtype=torch.float32)
     out = torch.empty(b, nh * hd, device=qkv.device, dtype=qkv.dtype)
@@ -255,7 +225,6 @@ def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_c
         0 if col.numel() == 1 else col.stride(0), qkv.stride(0), cos.stride(0), k_cache.stride(0),
         k_cache.stride(1), k_cache.stride(2), key_valid.stride(0), sq.stride(0), t, chunk, hd ** -0.5, parts,
         norm_width, eps, NH=nh, NKV=nkv, HD=hd, HALF=hd // 2, SPLITS=splits, BLOCK_T=block_t, RMS=rms is not None,
-        BLOCK_P=1 << max(0, parts - 1).bit_length(), PDL=pdl, num_warps=num_warps, **launch)
-    combine[(b, nh)](acc, ml, out, out.stride(0), NH=nh, HD=hd, SPLITS=splits, PDL=pdl, num_warps=num_warps,
-                     **launch)
+        BLOCK_P=1 << max(0, parts - 1).bit_length(), num_warps=num_warps)
+    combine[(b, nh)](acc, ml, out, out.stride(0), NH=nh, HD=hd, SPLITS=splits, num_warps=num_warps)
     return out

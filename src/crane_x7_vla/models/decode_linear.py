@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from crane_x7_vla.models.decode_attention import interpreting, pdl_functions, triton_available
+from crane_x7_vla.models.decode_attention import interpreting, triton_available
 
 MAX_ROWS = 16  # one MMA tile of rows; more go to cuBLAS
 BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 32, 512, 4, 4  # best for o and down on the H200 (sessions 9, 11)
@@ -80,21 +80,16 @@ def _kernel(interpret: bool) -> Any:  # one per mode: triton.jit reads TRITON_IN
     import triton
     import triton.language as tl
 
-    gdc_wait, gdc_launch_dependents = pdl_functions()
-
     @triton.jit
     def _gemv(x_ptr, w_ptr, res_ptr, out_ptr, sq_in_ptr, g_ptr, xg_ptr, sq_out_ptr, M, N, K, P, stride_x,
               stride_res, stride_out, stride_sq_in, eps, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr,
-              RMS_IN: tl.constexpr, NORM_OUT: tl.constexpr, PDL: tl.constexpr, IEEE: tl.constexpr,
+              RMS_IN: tl.constexpr, NORM_OUT: tl.constexpr, IEEE: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr):
         # out[m, n] = x[m] . w[n] (+ residual), or with SWIGLU silu(x[m] . w[n]) * (x[m] . w[N + n]): the weight
         # is gate rows then up rows, and each program reads both blocks of its outputs once.
         # RMS_IN: x is RMSNorm's input times its weight (see NORM_OUT) and the products are scaled by
         # 1 / rms = rsqrt(sum of the P partial sums of squares / K + eps) before rounding.
         # NORM_OUT: also write the next RMSNorm's input: out * g (rounded) and this block's sum of squares of out.
-        if PDL:  # launched while the previous kernel finishes: wait for its results
-            gdc_wait()
-            gdc_launch_dependents()
         pid = tl.program_id(0)
         rm = tl.arange(0, BLOCK_M)
         rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -145,7 +140,7 @@ def _kernel(interpret: bool) -> Any:  # one per mode: triton.jit reads TRITON_IN
 
 
 def _launch(x: Tensor, w: Tensor, n: int, residual: Tensor | None, swiglu: bool, rms_in: tuple[Tensor, float] | None,
-            norm_out: Tensor | None, pdl: bool, block_n: int, block_k: int, num_warps: int,
+            norm_out: Tensor | None, block_n: int, block_k: int, num_warps: int,
             num_stages: int) -> tuple[Tensor, Tensor, Tensor]:
     m, k = x.shape
     if not usable(x) or w.shape != ((2 if swiglu else 1) * n, k) or not w.is_contiguous() or x.stride(-1) != 1:
@@ -166,14 +161,12 @@ def _launch(x: Tensor, w: Tensor, n: int, residual: Tensor | None, swiglu: bool,
     sq_out = torch.empty(m, grid, device=x.device, dtype=torch.float32) if norm_out is not None else out
     res = out if residual is None else residual
     sq_in, eps = (out, 0.0) if rms_in is None else rms_in
-    pdl = pdl and not interpreting()  # the interpreter runs one program at a time: nothing to overlap
     _kernel(interpreting())[(grid,)](
         x, w, res, out, sq_in, out if norm_out is None else norm_out, xg, sq_out, m, n, k,
         1 if rms_in is None else sq_in.shape[1], x.stride(0), res.stride(0), out.stride(0), sq_in.stride(0), eps,
         RESIDUAL=residual is not None, SWIGLU=swiglu, RMS_IN=rms_in is not None, NORM_OUT=norm_out is not None,
-        PDL=pdl, IEEE=x.dtype == torch.float32, BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
-        BLOCK_P=_next_pow2(1 if rms_in is None else sq_in.shape[1]), num_warps=num_warps, num_stages=num_stages,
-        **({"launch_pdl": True} if pdl else {}))
+        IEEE=x.dtype == torch.float32, BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
+        BLOCK_P=_next_pow2(1 if rms_in is None else sq_in.shape[1]), num_warps=num_warps, num_stages=num_stages)
     return out, xg, sq_out
 
 
@@ -182,33 +175,32 @@ def _next_pow2(n: int) -> int:
 
 
 def linear(x: Tensor, w: Tensor, residual: Tensor | None = None, *, rms_in: tuple[Tensor, float] | None = None,
-           pdl: bool = False, block_n: int = BLOCK_N, block_k: int = BLOCK_K, num_warps: int = NUM_WARPS,
+           block_n: int = BLOCK_N, block_k: int = BLOCK_K, num_warps: int = NUM_WARPS,
            num_stages: int = NUM_STAGES) -> Tensor:
     """``residual + x @ w.T`` (or ``x @ w.T``) for x [M <= 16, K], w [N, K] (row-major), residual [M, N].
     ``rms_in=(sq, eps)``: x is an RMSNorm's input times its weight and sq [M, P] float32 partial sums of squares
     of that input (from :func:`linear_norm_out`): the products are divided by its rms, so the result is the
-    RMSNorm's output times w. ``pdl``: launch as a programmatic dependent of the previous kernel (Hopper and
-    later)."""
-    return _launch(x, w, w.shape[0], residual, False, rms_in, None, pdl, block_n, block_k, num_warps, num_stages)[0]
+    RMSNorm's output times w."""
+    return _launch(x, w, w.shape[0], residual, False, rms_in, None, block_n, block_k, num_warps, num_stages)[0]
 
 
-def linear_norm_out(x: Tensor, w: Tensor, residual: Tensor | None, norm_weight: Tensor, *, pdl: bool = False,
+def linear_norm_out(x: Tensor, w: Tensor, residual: Tensor | None, norm_weight: Tensor, *,
                     block_n: int = BLOCK_N, block_k: int = BLOCK_K, num_warps: int = NUM_WARPS,
                     num_stages: int = NUM_STAGES) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`linear`'s ``out`` with, from the same epilogue, what the next RMSNorm (weight [N]) needs:
     ``out * norm_weight`` rounded to out's dtype, and per-block sums of squares of ``out`` [M, P] float32.
     Passed on as ``x`` and ``rms_in`` to the next GEMM (or :func:`decode_attention.decode_attention`), they
     make that RMSNorm part of it, with no kernel or extra pass of its own."""
-    return _launch(x, w, w.shape[0], residual, False, None, norm_weight, pdl, block_n, block_k, num_warps,
+    return _launch(x, w, w.shape[0], residual, False, None, norm_weight, block_n, block_k, num_warps,
                    num_stages)
 
 
-def swiglu(x: Tensor, gate_up: Tensor, *, rms_in: tuple[Tensor, float] | None = None, pdl: bool = False,
+def swiglu(x: Tensor, gate_up: Tensor, *, rms_in: tuple[Tensor, float] | None = None,
            block_n: int = SWIGLU_BLOCK_N, block_k: int = SWIGLU_BLOCK_K, num_warps: int = NUM_WARPS,
            num_stages: int = SWIGLU_STAGES) -> Tensor:
     """``silu(x @ Wg.T) * (x @ Wu.T)`` for x [M <= 16, K] and the stacked gate_up = [Wg; Wu] [2N, K]; ``rms_in``
-    and ``pdl`` as in :func:`linear`."""
-    return _launch(x, gate_up, gate_up.shape[0] // 2, None, True, rms_in, None, pdl, block_n, block_k, num_warps,
+    as in :func:`linear`."""
+    return _launch(x, gate_up, gate_up.shape[0] // 2, None, True, rms_in, None, block_n, block_k, num_warps,
                    num_stages)[0]
 
 

@@ -161,22 +161,21 @@ def _layer_in(x: Tensor, delta: Tensor | None, w: _LayerWeights) -> tuple[Tensor
 
 
 @functools.cache
-def _triton_probe(device: torch.device, dtype: torch.dtype, pdl: bool) -> str | None:
+def _triton_probe(device: torch.device, dtype: torch.dtype) -> str | None:
     """Run the Triton decode kernels once at small sizes against their torch references: None if they build
-    and agree, else what went wrong. Once per device, dtype and launch mode: every engine built there shares
-    the answer."""
+    and agree, else what went wrong. Once per device and dtype: every engine built there shares the answer."""
     try:
         g = torch.Generator(device=device).manual_seed(0)
         qkv, cs = (torch.randn(2, n, device=device, generator=g).to(dtype) for n in (3 * 32, 16))
         k, v = (torch.randn(2, 2, 24, 16, device=device, generator=g).to(dtype) for _ in range(2))
         col, valid = torch.tensor([20], device=device), torch.ones(2, 24, dtype=torch.bool, device=device)
         want = decode_attention.reference(qkv, cs, cs, k.clone(), v.clone(), col, valid, 2, 2, 16)
-        got = decode_attention.decode_attention(qkv, cs, cs, k, v, col, valid, 2, 2, 16, pdl=pdl)
+        got = decode_attention.decode_attention(qkv, cs, cs, k, v, col, valid, 2, 2, 16)
         w, w_sq = (torch.randn(n, 96, device=device, generator=g).to(dtype) for n in (64, 96))
         ln = torch.rand(96, device=device, generator=g).to(dtype) + 0.5
-        h, hg, hsq = decode_linear.linear_norm_out(qkv, w_sq, qkv, ln, pdl=pdl)  # the next norm's input
+        h, hg, hsq = decode_linear.linear_norm_out(qkv, w_sq, qkv, ln)  # the next norm's input
         pairs = [(got, want), (h, decode_linear.reference(qkv, w_sq, qkv)),
-                 (decode_linear.swiglu(hg, w, rms_in=(hsq, 1e-5), pdl=pdl),
+                 (decode_linear.swiglu(hg, w, rms_in=(hsq, 1e-5)),
                   decode_linear.reference_swiglu(h, w, (ln, 1e-5)))]
         for a, b in pairs:  # relative to the output's scale: rounding paths differ, a wrong kernel is far off
             if not (a.float() - b.float()).abs().max() <= 0.02 * b.float().abs().max() + 1e-3:
@@ -264,7 +263,6 @@ class OpenVLAEngine:
         triton_gemv: bool | None = None,
         triton_swiglu: bool | None = None,
         triton_fused_norms: bool | None = None,
-        pdl: bool = False,
         triton_qkv: bool = True,
         exact_batch_upto: int = 8,
         min_batch: int = 1,
@@ -297,7 +295,7 @@ class OpenVLAEngine:
             compiled = torch.compile(_layer_forward, dynamic=False, fullgraph=True)
             self._decode_layer = compiled if compile_decode else _layer_forward
             self._prefill_layer = compiled if compile_prefill else _layer_forward
-        self._setup_triton_decode(triton_attention, triton_gemv, triton_swiglu, triton_fused_norms, pdl,
+        self._setup_triton_decode(triton_attention, triton_gemv, triton_swiglu, triton_fused_norms,
                                   compile_decode)
         self.triton_qkv = triton_qkv and self.triton_fused_norms  # q/k/v of the fused path: Triton, else cuBLAS
         self._vision: Callable[[Tensor], Tensor] = self._vision_forward
@@ -321,36 +319,30 @@ class OpenVLAEngine:
         self._lock = threading.Lock()
 
     def _setup_triton_decode(self, attention: bool | None, gemv: bool | None, swiglu: bool | None,
-                             fused_norms: bool | None, pdl: bool, compile_decode: bool) -> None:
+                             fused_norms: bool | None, compile_decode: bool) -> None:
         """Decode steps through Triton (default on CUDA with Triton and compile_decode): RoPE, the cache writes
         and attention in two kernels (:mod:`.decode_attention`); with up to 16 rows also the o and down
         projections with their residual adds (no split-K) and gate/up with its SwiGLU in :mod:`.decode_linear`'s
         GEMVs; with ``fused_norms`` (up to 16 rows) the RMSNorms inside the GEMVs and attention around them, five
-        kernels a layer (:meth:`_fused_decode_trunk`); with ``pdl=True`` (Hopper and later; off by default,
-        it measured slower, docs/performance.md) the Triton kernels of that path launch while the kernel before
-        them finishes. By default the kernels are first probed at small sizes, and a GPU where they fail keeps
-        the torch path (logged)."""
+        kernels a layer (:meth:`_fused_decode_trunk`). By default the kernels are first probed at small sizes,
+        and a GPU where they fail keeps the torch path (logged)."""
         if attention is None:
             attention = compile_decode and self.device.type == "cuda" and decode_attention.triton_available()
             if attention:  # the default: a GPU whose Triton cannot build the kernels keeps the torch path
-                error = _triton_probe(self.device, self.model.dtype, bool(pdl))
+                error = _triton_probe(self.device, self.model.dtype)
                 if error is not None:
                     log.warning("Triton decode kernels unavailable on %s (%s); decoding through torch/cuBLAS",
                                 torch.cuda.get_device_name(self.device), error)
-                    attention = gemv = swiglu = fused_norms = pdl = False
+                    attention = gemv = swiglu = fused_norms = False
         self.triton_attention = bool(attention)
         self.triton_gemv = self.triton_attention if gemv is None else gemv
         self.triton_swiglu = self.triton_gemv if swiglu is None else swiglu
         self.triton_fused_norms = self.triton_swiglu if fused_norms is None else fused_norms
-        self.pdl = bool(pdl)
         for knob, needs, name in ((self.triton_gemv, self.triton_attention, "triton_gemv needs triton_attention"),
                                   (self.triton_swiglu, self.triton_gemv, "triton_swiglu needs triton_gemv"),
-                                  (self.triton_fused_norms, self.triton_swiglu, "triton_fused_norms needs triton_swiglu"),
-                                  (self.pdl, self.triton_fused_norms, "pdl needs triton_fused_norms")):
+                                  (self.triton_fused_norms, self.triton_swiglu, "triton_fused_norms needs triton_swiglu")):
             if knob and not needs:
                 raise ValueError(f"{name} (the decode layer it is part of)")
-        if self.pdl and not decode_attention.pdl_usable(self.device):
-            raise ValueError("pdl=True needs a Hopper or later GPU and a Triton with grid dependency control")
         if not attention:
             return
         if not decode_attention.usable(torch.empty(0, device=self.device)):
@@ -400,13 +392,13 @@ class OpenVLAEngine:
                 qkv = F.linear(xg, w.qkv)
             att = decode_attention.decode_attention(qkv, cos, sin, kv[0][i], kv[1][i], cache_idx, key_valid,
                                                     self.num_heads, self.num_kv_heads, self.head_dim,
-                                                    rms=(sq, w.eps, x.shape[1]), pdl=self.pdl)
-            h, hg, hsq = decode_linear.linear_norm_out(att, w.o, x, w.ln2, pdl=self.pdl)
-            a = decode_linear.swiglu(hg, w.gate_up, rms_in=(hsq, w.eps), pdl=self.pdl)
+                                                    rms=(sq, w.eps, x.shape[1]))
+            h, hg, hsq = decode_linear.linear_norm_out(att, w.o, x, w.ln2)
+            a = decode_linear.swiglu(hg, w.gate_up, rms_in=(hsq, w.eps))
             if i + 1 < n:
-                x, xg, sq = decode_linear.linear_norm_out(a, w.down, h, self.fused[i + 1].ln1, pdl=self.pdl)
+                x, xg, sq = decode_linear.linear_norm_out(a, w.down, h, self.fused[i + 1].ln1)
             else:
-                x = decode_linear.linear(a, w.down, h, pdl=self.pdl)
+                x = decode_linear.linear(a, w.down, h)
         return x
 
     def _linears(self, layer: Any) -> list[torch.nn.Module]:
