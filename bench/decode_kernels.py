@@ -9,12 +9,12 @@ the time is the best of five rounds of replays, in microseconds per layer. Rows:
   ``decode_attention.reference`` compiled (the engine's RoPE, ``index_copy_`` and masked SDPA); the Triton side is ``decode_attention`` at its launch config.
 - ``o`` / ``down``: ``residual + x @ W.T`` (cuBLAS + add against ``decode_linear.linear``).
 - ``gate_up``: ``silu(x @ Wg.T) * (x @ Wu.T)`` (cuBLAS + compiled SwiGLU against ``decode_linear.swiglu``).
-- ``qkv``: ``x @ W.T`` (cuBLAS against ``decode_linear.linear``).
+- ``qkv``: ``x @ W.T`` (cuBLAS against ``decode_linear.linear`` at its q/k/v block sizes).
 - ``layer``: a whole decode layer. ``session11``: compiled residual + RMSNorm + cuBLAS q/k/v, the Triton
   attention, o, compiled RMSNorm, gate/up + SwiGLU and down; ``fused_norms``: five
   kernels (cuBLAS q/k/v, the Triton attention pair and GEMVs), no RMSNorm kernel (the engine's
-  ``_fused_decode_trunk``, with q/k/v through cuBLAS as its ``triton_qkv=False``). The layers' outputs
-  differ only by rounding (``max_rel_diff_fused_vs_session11``).
+  ``_fused_decode_trunk``); ``fused_norms_cublas_qkv``: the same with q/k/v through cuBLAS
+  (``triton_qkv=False``). The layers' outputs differ only by rounding (``max_rel_diff_fused_vs_session11``).
 
 ``--sweep`` also times each Triton kernel over a grid of block sizes, stages and warps. Prints one JSON object.
 """
@@ -108,6 +108,7 @@ def gemv_row(name: str, n: int, k: int, b: int, sweep: bool, dt: torch.dtype) ->
         row = {"torch": per_layer_us(lambda: [F.linear(x, w) for w in ws])}
 
         def run(**kw: int) -> list[torch.Tensor]:
+            kw = {"block_k": dl.QKV_BLOCK_K, "num_stages": dl.QKV_STAGES, **kw}
             return [dl.linear(x, w, **kw) for w in ws]
     else:  # o, down: the residual add
         row = {"torch": per_layer_us(lambda: [r + F.linear(x, w) for w in ws])}
@@ -159,11 +160,14 @@ def layer_rows(b: int, keys: int, dt: torch.dtype) -> dict[str, Any]:
             delta = dl.linear(dl.swiglu(post_norm(x, w)[:, 0], w.gate_up), w.down)[:, None]
         return x + delta
 
-    def fused() -> torch.Tensor:  # the engine's _fused_decode_trunk with triton_qkv=False
+    def fused(triton_qkv: bool = True) -> torch.Tensor:  # the engine's _fused_decode_trunk
         x = x0[:, 0]
         xg, sq = dl.norm_in(x, ws[0].ln1)
         for i, w in enumerate(ws):
-            qkv = F.linear(xg, w.qkv)
+            if triton_qkv:
+                qkv = dl.linear(xg, w.qkv, block_k=dl.QKV_BLOCK_K, num_stages=dl.QKV_STAGES)
+            else:
+                qkv = F.linear(xg, w.qkv)
             att = da.decode_attention(qkv, cos, sin, k_c[i], v_c[i], col, valid, HEADS, HEADS, HEAD_DIM,
                                       rms=(sq, w.eps, HIDDEN))
             h, hg, hsq = dl.linear_norm_out(att, w.o, x, w.ln2)
@@ -171,7 +175,8 @@ def layer_rows(b: int, keys: int, dt: torch.dtype) -> dict[str, Any]:
             x, xg, sq = dl.linear_norm_out(a, w.down, h, ws[(i + 1) % LAYERS].ln1)
         return x
 
-    out: dict[str, Any] = {"session11": per_layer_us(session11), "fused_norms": per_layer_us(fused)}
+    out: dict[str, Any] = {"session11": per_layer_us(session11), "fused_norms": per_layer_us(fused),
+                           "fused_norms_cublas_qkv": per_layer_us(lambda: fused(False))}
     a, c = session11()[:, 0].float(), fused().float()
     out["max_rel_diff_fused_vs_session11"] = float((a - c).abs().max() / a.abs().max())
     return out
