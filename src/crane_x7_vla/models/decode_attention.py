@@ -51,6 +51,11 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (>= 1): Triton's block shapes, the engine's batch buckets."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 def usable(qkv: Tensor) -> bool:
     """Whether the kernels run for these activations: on CUDA (or in Triton's CPU interpreter) with Triton."""
     return (qkv.is_cuda or interpreting()) and triton_available()
@@ -225,6 +230,6 @@ def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_c
         0 if col.numel() == 1 else col.stride(0), qkv.stride(0), cos.stride(0), k_cache.stride(0),
         k_cache.stride(1), k_cache.stride(2), key_valid.stride(0), sq.stride(0), t, chunk, hd ** -0.5, parts,
         norm_width, eps, NH=nh, NKV=nkv, HD=hd, HALF=hd // 2, SPLITS=splits, BLOCK_T=block_t, RMS=rms is not None,
-        BLOCK_P=1 << max(0, parts - 1).bit_length(), num_warps=num_warps)
+        BLOCK_P=next_pow2(parts), num_warps=num_warps)
     combine[(b, nh)](acc, ml, out, out.stride(0), NH=nh, HD=hd, SPLITS=splits, num_warps=num_warps)
     return out

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from crane_x7_vla.models.decode_attention import interpreting, triton_available
+from crane_x7_vla.models.decode_attention import interpreting, next_pow2, triton_available
 
 MAX_ROWS = 16  # one MMA tile of rows; more go to cuBLAS
 BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 32, 512, 4, 4  # best for o and down on the H200 (sessions 9, 11)
@@ -166,12 +166,8 @@ def _launch(x: Tensor, w: Tensor, n: int, residual: Tensor | None, swiglu: bool,
         1 if rms_in is None else sq_in.shape[1], x.stride(0), res.stride(0), out.stride(0), sq_in.stride(0), eps,
         RESIDUAL=residual is not None, SWIGLU=swiglu, RMS_IN=rms_in is not None, NORM_OUT=norm_out is not None,
         IEEE=x.dtype == torch.float32, BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
-        BLOCK_P=_next_pow2(1 if rms_in is None else sq_in.shape[1]), num_warps=num_warps, num_stages=num_stages)
+        BLOCK_P=next_pow2(1 if rms_in is None else sq_in.shape[1]), num_warps=num_warps, num_stages=num_stages)
     return out, xg, sq_out
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
 
 
 def linear(x: Tensor, w: Tensor, residual: Tensor | None = None, *, rms_in: tuple[Tensor, float] | None = None,

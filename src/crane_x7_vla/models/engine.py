@@ -44,10 +44,6 @@ from crane_x7_vla.models.processing import ImageLike, ModelInputs
 log = logging.getLogger(__name__)
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(1, n))))
-
-
 @dataclass
 class _Graph:
     """Static input/output buffers of one (batch, text length) bucket, and its CUDA graph when captured."""
@@ -527,7 +523,7 @@ class OpenVLAEngine:
         """Padded batch size of a request of ``b`` rows: exact up to ``exact_batch_upto``, then powers of two
         (a prefill costs per padded row, so small multi-robot batches are not rounded up), at least
         ``min_batch``."""
-        bp = b if b <= self.exact_batch_upto else _next_pow2(b)
+        bp = b if b <= self.exact_batch_upto else decode_attention.next_pow2(b)
         return min(max(bp, self.min_batch), self.max_batch)
 
     # ------------------------------------------------------------------ buffers
