@@ -1,12 +1,18 @@
-"""Weight-streaming GEMMs for a decode step's few rows: the o and down projections (``residual + x @ W.T``) and
-the gate/up projection with its SwiGLU (``silu(x @ Wg.T) * (x @ Wu.T)``).
+"""Weight-streaming GEMMs for a decode step's few rows: the q/k/v projection, the o and down projections
+(``residual + x @ W.T``) and the gate/up projection with its SwiGLU (``silu(x @ Wg.T) * (x @ Wu.T)``).
 
 At batch 1 cuBLAS runs the o and down products (4096x4096 and 4096x11008) as split-K kernels plus a reduce
 kernel each (docs/performance.md, "One decode layer"), at ~2.5 and ~3.3 TB/s. Here each program streams the
 full K extent of ``BLOCK_N`` weight rows once and multiplies them with the (padded) rows of x in one MMA tile;
-the residual add, or SwiGLU, is its epilogue. Measured on the H200 in a graph of 32 layers (session 11): o with
-its residual 11.2 us against 14.6 us for cuBLAS + add, down 24.3 against 29.1 us. The q/k/v product stays with
-cuBLAS (session 9: 0.99x of its time at best).
+the residual add, or SwiGLU, is its epilogue. Measured on the H200 in a graph of 32 layers (sessions 11, 12): o
+with its residual 11.1 us against 14.7 us for cuBLAS + add, down 24.3 against 29.6 us, q/k/v (its own block
+sizes) 25.4 against 28.2 us.
+
+An RMSNorm between two GEMVs gets no kernel of its own (session 12): RMSNorm(x) . W = (x * g) . W / rms(x). The
+GEMV that produces x writes x * g and each block's sum of squares of x from its epilogue
+(:func:`linear_norm_out`), and the GEMV after the norm divides its products by the rms in its epilogue
+(``rms_in``). Forming x * g inside the consuming GEMV's K loop instead was 1.8x slower: a tile changed before
+the MMA leaves Triton's pipelined asynchronous copy.
 
 Written by hand because cuBLAS offers no choice of algorithm through torch and no library ships a GEMV with
 these epilogues. Rounding follows the eager layer: products rounded to the weight's dtype before the residual

@@ -12,9 +12,10 @@ The decoder layer is written functionally over the model's own weight tensors (q
 once and the modules' weights become views, so no memory is added); its math is transformers' Llama layer
 (float32 RMSNorm, rotate-half RoPE from the model's own rotary embedding, SiLU MLP). The vision towers,
 projector, embeddings, final norm and LM head are the model's own modules; on CUDA the two vision towers run at
-once on two streams. On CUDA the decode steps run their attention (with RoPE and the cache write) and, for up
-to 16 rows, their o, gate/up + SwiGLU and down GEMVs in Triton (:mod:`.decode_attention`,
-:mod:`.decode_linear`). On CPU (or with ``use_cuda_graphs=False``) the same static function runs eagerly,
+once on two streams. On CUDA the decode steps run their attention (with RoPE and the cache write) in Triton
+(:mod:`.decode_attention`), and for up to 16 rows all of a layer in five kernels: the q/k/v, o, gate/up + SwiGLU
+and down GEMVs (:mod:`.decode_linear`) and the attention, with the residual adds and the RMSNorms folded into
+them (:meth:`OpenVLAEngine._fused_decode_trunk`). On CPU (or with ``use_cuda_graphs=False``) the same static function runs eagerly,
 which is how CI checks that it reproduces :func:`.generate.predict_action`; the Triton path is checked against it
 in Triton's CPU interpreter.
 """
