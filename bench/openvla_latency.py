@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import threading
@@ -135,10 +136,14 @@ def _robots(shared: SharedPolicy, image: np.ndarray, robots: int, rate: float, s
                 latencies.append(time.perf_counter() - t0)  # preprocessing in the caller's thread included
                 sizes.append(res.batch_size)
             t_next += period
-            if time.perf_counter() > t_next:  # late: count it and re-phase instead of bursting to catch up
+            now = time.perf_counter()
+            # Late: count it and wait for this robot's next tick of its own clock, as a robot's control loop
+            # does. (Until session 12 a late robot re-phased to "now", which lined up every robot that one stall
+            # had made late: their next requests all arrived at once.)
+            if now > t_next:
                 with lock:
                     missed += 1
-                t_next = time.perf_counter()
+                t_next += period * math.ceil((now - t_next) / period)
 
     threads = [threading.Thread(target=robot, args=(i,)) for i in range(robots)]
     for t in threads:
