@@ -123,9 +123,8 @@ def _robots(shared: SharedPolicy, image: np.ndarray, robots: int, rate: float, s
     first: list[float] = []
     missed = 0
     clock = [0.0]
-    # Every robot's first request (its connection) is untimed and reported apart: a caller thread's first call
-    # sets up its per-thread CUDA state, 0.1-0.23 s once per robot thread on the H200 (session 12), which made
-    # the first run after start-up miss ~one deadline per robot. Timing starts when all have connected.
+    # Every robot's first request (its connection) is untimed and reported apart: the robots connect at once,
+    # so these queue behind each other's prefills. Timing starts when all have connected.
     connected = threading.Barrier(robots, action=lambda: clock.__setitem__(0, time.perf_counter() + 0.1))
 
     def robot(i: int) -> None:

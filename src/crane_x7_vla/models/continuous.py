@@ -227,12 +227,14 @@ class ContinuousBatcher(SharedPolicy):
 
     def warmup(self, instruction: str = "pick up the object") -> None:
         """Capture every step kind for prompts in ``instruction``'s length bucket, before :meth:`start` (a first
-        capture compiles and takes seconds; serving would otherwise capture at a robot's first requests).
+        capture compiles and takes seconds; serving would otherwise capture at a robot's first requests), and
+        run the preprocessing of a camera frame once.
         Leaves the slots idle and the latency records empty."""
         if self._thread.is_alive():
             raise RuntimeError("warm the batcher up before start(): the worker thread would take the requests")
-        size = self.engine.model.config.vision_towers[0].image_size
-        inputs = self.prepare_inputs([np.zeros((size, size, 3), dtype=np.uint8)], [instruction])
+        # A camera-sized frame, so that the GPU resize's one-time set-up (its first float64 product loads the
+        # library's kernels: 50-130 ms on the H200) is paid here and not by the first robot's first request.
+        inputs = self.prepare_inputs([np.zeros((480, 640, 3), dtype=np.uint8)], [instruction])
         for k in range(1, self.max_prefill + 1):
             futures = [self.submit(inputs) for _ in range(k)]
             while self._queue.qsize() or not self._idle():
