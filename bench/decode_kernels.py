@@ -12,8 +12,8 @@ the time is the best of five rounds of replays, in microseconds per layer. Rows:
 - ``qkv``: ``x @ W.T`` (cuBLAS against ``decode_linear.linear`` at its q/k/v block sizes).
 - ``layer``: a whole decode layer. ``session11``: compiled residual + RMSNorm + cuBLAS q/k/v, the Triton
   attention, o, compiled RMSNorm, gate/up + SwiGLU and down; ``fused_norms``: five
-  kernels (cuBLAS q/k/v, the Triton attention pair and GEMVs), no RMSNorm kernel (the engine's
-  ``_fused_decode_trunk``); ``fused_norms_cublas_qkv``: the same with q/k/v through cuBLAS
+  kernels (Triton q/k/v, the attention pair and GEMVs), no RMSNorm kernel (the engine's
+  ``fused_decode_layers``); ``fused_norms_cublas_qkv``: the same with q/k/v through cuBLAS
   (``triton_qkv=False``). The layers' outputs differ only by rounding (``max_rel_diff_fused_vs_session11``).
 
 ``--sweep`` also times each Triton kernel over a grid of block sizes, stages and warps. Prints one JSON object.
@@ -129,7 +129,7 @@ def gemv_row(name: str, n: int, k: int, b: int, sweep: bool, dt: torch.dtype) ->
 
 
 def layer_rows(b: int, keys: int, dt: torch.dtype) -> dict[str, Any]:
-    from crane_x7_vla.models.engine import _layer_in, _LayerWeights, _post_norm
+    from crane_x7_vla.models.engine import _layer_in, _LayerWeights, _post_norm, fused_decode_layers
 
     dev = DEVICE
 
@@ -160,20 +160,9 @@ def layer_rows(b: int, keys: int, dt: torch.dtype) -> dict[str, Any]:
             delta = dl.linear(dl.swiglu(post_norm(x, w)[:, 0], w.gate_up), w.down)[:, None]
         return x + delta
 
-    def fused(triton_qkv: bool = True) -> torch.Tensor:  # the engine's _fused_decode_trunk
-        x = x0[:, 0]
-        xg, sq = dl.norm_in(x, ws[0].ln1)
-        for i, w in enumerate(ws):
-            if triton_qkv:
-                qkv = dl.linear(xg, w.qkv, block_k=dl.QKV_BLOCK_K, num_stages=dl.QKV_STAGES)
-            else:
-                qkv = F.linear(xg, w.qkv)
-            att = da.decode_attention(qkv, cos, sin, k_c[i], v_c[i], col, valid, HEADS, HEADS, HEAD_DIM,
-                                      rms=(sq, w.eps, HIDDEN))
-            h, hg, hsq = dl.linear_norm_out(att, w.o, x, w.ln2)
-            a = dl.swiglu(hg, w.gate_up, rms_in=(hsq, w.eps))
-            x, xg, sq = dl.linear_norm_out(a, w.down, h, ws[(i + 1) % LAYERS].ln1)
-        return x
+    def fused(triton_qkv: bool = True) -> torch.Tensor:
+        return fused_decode_layers(x0[:, 0], cos, sin, ws, (k_c, v_c), col, valid, HEADS, HEADS, HEAD_DIM,
+                                   triton_qkv=triton_qkv)
 
     out: dict[str, Any] = {"session11": per_layer_us(session11), "fused_norms": per_layer_us(fused),
                            "fused_norms_cublas_qkv": per_layer_us(lambda: fused(False))}

@@ -95,8 +95,7 @@ def test_kernels_in_bf16_at_openvla_sizes() -> None:
 def test_fused_decode_layers_in_bf16_at_openvla_sizes() -> None:
     """Four decode layers of the engine's fused path (no RMSNorm kernels) at openvla-7b's sizes in bf16,
     captured in a CUDA graph, against the engine's eager layer math."""
-    from crane_x7_vla.models import decode_linear as dl
-    from crane_x7_vla.models.engine import _layer_forward, _LayerWeights
+    from crane_x7_vla.models.engine import _layer_forward, _LayerWeights, fused_decode_layers
 
     g = torch.Generator(device="cuda").manual_seed(0)
     hid, inter, nh, hd, t = 4096, 11008, 32, 128, 300
@@ -109,17 +108,9 @@ def test_fused_decode_layers_in_bf16_at_openvla_sizes() -> None:
     c = _case(1, nh, nh, hd, t, 290, "cuda", torch.bfloat16)
     x0 = rand(1, hid, scale=1)
 
-    def fused(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # OpenVLAEngine._fused_decode_trunk
-        x = x0
-        xg, sq = dl.norm_in(x, layers[0].ln1)
-        for i, w in enumerate(layers):
-            qkv = dl.linear(xg, w.qkv, block_k=dl.QKV_BLOCK_K, num_stages=dl.QKV_STAGES)
-            att = da.decode_attention(qkv, c["cos"], c["sin"], k, v, c["col"], c["valid"], nh, nh, hd,
-                                      rms=(sq, w.eps, hid))
-            h, hg, hsq = dl.linear_norm_out(att, w.o, x, w.ln2)
-            a = dl.swiglu(hg, w.gate_up, rms_in=(hsq, w.eps))
-            x, xg, sq = dl.linear_norm_out(a, w.down, h, layers[(i + 1) % len(layers)].ln1)
-        return x
+    def fused(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # every layer writes the same cache
+        return fused_decode_layers(x0, c["cos"], c["sin"], layers, ([k] * 4, [v] * 4), c["col"], c["valid"], nh, nh,
+                                   hd)
 
     k, v = c["k"].clone(), c["v"].clone()
     fused(k.clone(), v.clone())  # compile outside the capture
@@ -188,7 +179,7 @@ def test_engine_with_triton_decode_kernels_reproduces_the_eager_tokens(tiny_mode
     want = torch.stack(toks, dim=1)
     engine = OpenVLAEngine(tiny_model, max_batch=4, text_bucket=8, triton_attention=True)
     assert engine._decode_layer == engine._triton_decode_layer and engine.triton_gemv and engine.triton_swiglu
-    assert engine.triton_fused_norms and engine.triton_qkv  # _fused_decode_trunk: five kernels a layer
+    assert engine.triton_fused_norms and engine.triton_qkv  # fused_decode_layers: five kernels a layer
     # Batch 2: prompts of two lengths, the shorter padded after its end, so keys masked mid-cache. One call:
     # the interpreter runs every program of every layer and step in Python.
     got = engine.generate(tiny_model.prepare_inputs(images[:2], instructions), 8)
@@ -244,7 +235,7 @@ def test_gemvs_match_linear_and_swiglu(m: int, k: int, n: int) -> None:
 def test_continuous_batcher_with_triton_decode_kernels_matches_the_eager_loop(
         tiny_model: OpenVLA, images: list[np.ndarray]) -> None:
     """Slots at different write columns (a per-row column for the kernels), steps with and without prompts
-    (decode-only steps take the engine's Triton GEMVs)."""
+    (decode-only steps take the engine's fused_decode_layers)."""
     from crane_x7_vla.models.continuous import ContinuousBatcher
 
     instructions = ["go", "pick up the red block"]

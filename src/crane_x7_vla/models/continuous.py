@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from crane_x7_vla.models import decode_attention, decode_linear
+from crane_x7_vla.models import decode_attention
 from crane_x7_vla.models.batcher import BatchedPrediction, SharedPolicy, _Request
 from crane_x7_vla.models.engine import (
     OpenVLAEngine,
@@ -466,7 +466,7 @@ class ContinuousBatcher(SharedPolicy):
         # Triton's two kernels on CUDA (decode_attention), else the same math in torch.
         attend = decode_attention.decode_attention if eng.triton_attention else decode_attention.reference
         cos_d, sin_d = rope_d[0][:, 0], rope_d[1][:, 0]  # [S, hd]
-        if a is None and eng.triton_fused_norms and decode_linear.usable(xd[:, 0]):
+        if a is None and eng.fused_decode_usable(xd[:, 0]):
             # A decode-only step: the engine's fused decode layers, with each slot's own write column.
             xd = eng._fused_decode_trunk(xd[:, 0], cos_d, sin_d, (self._k, self._v), self._col, self._valid)[:, None]
         else:

@@ -15,8 +15,8 @@ projector, embeddings, final norm and LM head are the model's own modules; on CU
 once on two streams. On CUDA the decode steps run their attention (with RoPE and the cache write) in Triton
 (:mod:`.decode_attention`), and for up to 16 rows all of a layer in five kernels: the q/k/v, o, gate/up + SwiGLU
 and down GEMVs (:mod:`.decode_linear`) and the attention, with the residual adds and the RMSNorms folded into
-them (:meth:`OpenVLAEngine._fused_decode_trunk`). On CPU (or with ``use_cuda_graphs=False``) the same static function runs eagerly,
-which is how CI checks that it reproduces :func:`.generate.predict_action`; the Triton path is checked against it
+them (:func:`fused_decode_layers`). On CPU (or with ``use_cuda_graphs=False``) the same static function runs
+eagerly, which is how CI checks that it reproduces :func:`.generate.predict_action`; the Triton path is checked against it
 in Triton's CPU interpreter.
 """
 
@@ -155,6 +155,35 @@ def _layer_in(x: Tensor, delta: Tensor | None, w: _LayerWeights) -> tuple[Tensor
     if delta is not None:
         x = x + delta
     return x, F.linear(_rms_norm(x, w.ln1, w.eps), w.qkv)
+
+
+def fused_decode_layers(x: Tensor, cos: Tensor, sin: Tensor, layers: Sequence[_LayerWeights],
+                        kv: tuple[Sequence[Tensor], Sequence[Tensor]], cache_idx: Tensor, key_valid: Tensor, nh: int,
+                        nkv: int, hd: int, *, triton_qkv: bool = True) -> Tensor:
+    """All layers of a decode step (x [B<=16, H] embeddings, cos/sin [B, hd], caches kv[0][i]/kv[1][i]
+    [B, nkv, T, hd] written at cache_idx [1] or [B], key_valid [B, T]) in five kernels a layer: the q/k/v GEMV
+    (Triton, or cuBLAS without ``triton_qkv``), attention with RoPE and the cache write (two Triton kernels),
+    and the o, gate/up + SwiGLU and down GEMVs. No RMSNorm has a kernel: the GEMV before each writes its output
+    times the norm's weight and the output's partial sums of squares, and the kernel after it divides by the
+    rms (see :func:`.decode_linear.linear_norm_out`). The residual adds are the o and down GEMVs' epilogues.
+    Returns the last layer's output [B, H]."""
+    n = len(layers)
+    xg, sq = decode_linear.norm_in(x, layers[0].ln1)
+    for i, w in enumerate(layers):
+        if triton_qkv:
+            qkv = decode_linear.linear(xg, w.qkv, block_k=decode_linear.QKV_BLOCK_K,
+                                       num_stages=decode_linear.QKV_STAGES)
+        else:
+            qkv = F.linear(xg, w.qkv)
+        att = decode_attention.decode_attention(qkv, cos, sin, kv[0][i], kv[1][i], cache_idx, key_valid, nh, nkv,
+                                                hd, rms=(sq, w.eps, x.shape[1]))
+        h, hg, hsq = decode_linear.linear_norm_out(att, w.o, x, w.ln2)
+        a = decode_linear.swiglu(hg, w.gate_up, rms_in=(hsq, w.eps))
+        if i + 1 < n:
+            x, xg, sq = decode_linear.linear_norm_out(a, w.down, h, layers[i + 1].ln1)
+        else:
+            x = decode_linear.linear(a, w.down, h)
+    return x
 
 
 @functools.cache
@@ -321,7 +350,7 @@ class OpenVLAEngine:
         and attention in two kernels (:mod:`.decode_attention`); with up to 16 rows also the o and down
         projections with their residual adds (no split-K) and gate/up with its SwiGLU in :mod:`.decode_linear`'s
         GEMVs; with ``fused_norms`` (up to 16 rows) the RMSNorms inside the GEMVs and attention around them, five
-        kernels a layer (:meth:`_fused_decode_trunk`). By default the kernels are first probed at small sizes,
+        kernels a layer (:func:`fused_decode_layers`). By default the kernels are first probed at small sizes,
         and a GPU where they fail keeps the torch path (logged)."""
         if attention is None:
             attention = compile_decode and self.device.type == "cuda" and decode_attention.triton_available()
@@ -371,32 +400,15 @@ class OpenVLAEngine:
             a = self._swiglu(x, w)[:, 0]
         return x, decode_linear.linear(a, w.down)[:, None]
 
+    def fused_decode_usable(self, x: Tensor) -> bool:
+        """Whether a decode step with embeddings x [B, H] runs :func:`fused_decode_layers` (up to 16 rows)."""
+        return self.triton_fused_norms and decode_linear.usable(x)
+
     def _fused_decode_trunk(self, x: Tensor, cos: Tensor, sin: Tensor, kv: tuple[list[Tensor], list[Tensor]],
                             cache_idx: Tensor, key_valid: Tensor) -> Tensor:
-        """All layers of a decode step (x [B<=16, H] embeddings, cache_idx [1] or [B] write columns, key_valid
-        [B, T]) in five kernels a layer: the q/k/v GEMV (Triton, or cuBLAS without ``triton_qkv``), attention
-        with RoPE and the cache write (two Triton kernels), and the o, gate/up + SwiGLU and down GEMVs. No RMSNorm has a kernel: the GEMV before each writes its output times the norm's
-        weight and the output's partial sums of squares, and the kernel after it divides by the rms (see
-        :func:`.decode_linear.linear_norm_out`). The residual adds are the o and down GEMVs' epilogues.
-        Returns the last layer's output [B, H]."""
-        n = len(self.fused)
-        xg, sq = decode_linear.norm_in(x, self.fused[0].ln1)
-        for i, w in enumerate(self.fused):
-            if self.triton_qkv:
-                qkv = decode_linear.linear(xg, w.qkv, block_k=decode_linear.QKV_BLOCK_K,
-                                           num_stages=decode_linear.QKV_STAGES)
-            else:
-                qkv = F.linear(xg, w.qkv)
-            att = decode_attention.decode_attention(qkv, cos, sin, kv[0][i], kv[1][i], cache_idx, key_valid,
-                                                    self.num_heads, self.num_kv_heads, self.head_dim,
-                                                    rms=(sq, w.eps, x.shape[1]))
-            h, hg, hsq = decode_linear.linear_norm_out(att, w.o, x, w.ln2)
-            a = decode_linear.swiglu(hg, w.gate_up, rms_in=(hsq, w.eps))
-            if i + 1 < n:
-                x, xg, sq = decode_linear.linear_norm_out(a, w.down, h, self.fused[i + 1].ln1)
-            else:
-                x = decode_linear.linear(a, w.down, h)
-        return x
+        """:func:`fused_decode_layers` over this engine's layers."""
+        return fused_decode_layers(x, cos, sin, self.fused, kv, cache_idx, key_valid, self.num_heads,
+                                   self.num_kv_heads, self.head_dim, triton_qkv=self.triton_qkv)
 
     def _linears(self, layer: Any) -> list[torch.nn.Module]:
         at, mlp = layer.self_attn, layer.mlp
@@ -599,7 +611,7 @@ class OpenVLAEngine:
         cos, sin = lm.rotary_emb(x, positions)
         s = x.shape[1]
         idx = torch.arange(start, start + s, device=x.device)
-        if s == 1 and self.triton_fused_norms and decode_linear.usable(x[:, 0]):
+        if s == 1 and self.fused_decode_usable(x[:, 0]):
             assert mask is not None
             return self._fused_decode_trunk(x[:, 0], cos[:, 0], sin[:, 0], kv, idx, mask[:, 0, 0])[:, None]
         fn = self._decode_layer if s == 1 else self._prefill_layer
