@@ -61,10 +61,11 @@ def per_layer_us(fn: Callable[[], Any], reps: int = 30, rounds: int = 5) -> floa
     return best
 
 
-def attention_rows(b: int, keys: int, sweep: bool, dt: torch.dtype) -> dict[str, Any]:
+def _step_inputs(b: int, keys: int, dt: torch.dtype) -> tuple[Any, ...]:
+    """One decode step's per-layer KV caches and its shared write column, RoPE tables and key mask: (col, k_c,
+    v_c, cos, sin, valid), the new token's key at column keys - 5."""
     dev = DEVICE
     col = torch.tensor([keys - 5], device=dev)
-    qkv = [torch.randn(b, 3 * HIDDEN, device=dev, dtype=dt) for _ in range(LAYERS)]
     k_c = [torch.randn(b, HEADS, keys, HEAD_DIM, device=dev, dtype=dt) for _ in range(LAYERS)]
     v_c = [torch.randn(b, HEADS, keys, HEAD_DIM, device=dev, dtype=dt) for _ in range(LAYERS)]
     inv = 1.0 / 10000 ** (torch.arange(0, HEAD_DIM, 2, device=dev).float() / HEAD_DIM)
@@ -72,6 +73,12 @@ def attention_rows(b: int, keys: int, sweep: bool, dt: torch.dtype) -> dict[str,
     cos, sin = (t.expand(b, -1).to(dt).contiguous() for t in (ang.cos(), ang.sin()))
     valid = torch.zeros(b, keys, dtype=torch.bool, device=dev)
     valid[:, : keys - 4] = True
+    return col, k_c, v_c, cos, sin, valid
+
+
+def attention_rows(b: int, keys: int, sweep: bool, dt: torch.dtype) -> dict[str, Any]:
+    col, k_c, v_c, cos, sin, valid = _step_inputs(b, keys, dt)
+    qkv = [torch.randn(b, 3 * HIDDEN, device=DEVICE, dtype=dt) for _ in range(LAYERS)]
     compiled = torch.compile(da.reference, dynamic=False, fullgraph=True)
     out: dict[str, Any] = {
         "torch_compiled_sdpa": per_layer_us(lambda: [compiled(qkv[i], cos, sin, k_c[i], v_c[i], col, valid, HEADS,
@@ -139,14 +146,7 @@ def layer_rows(b: int, keys: int, dt: torch.dtype) -> dict[str, Any]:
     ws = [_LayerWeights(torch.rand(HIDDEN, device=dev).to(dt) + 0.5, rand(3 * HIDDEN, HIDDEN), rand(HIDDEN, HIDDEN),
                         torch.rand(HIDDEN, device=dev).to(dt) + 0.5, rand(2 * INTER, HIDDEN), rand(HIDDEN, INTER),
                         1e-5) for _ in range(LAYERS)]
-    k_c = [torch.randn(b, HEADS, keys, HEAD_DIM, device=dev, dtype=dt) for _ in range(LAYERS)]
-    v_c = [torch.randn(b, HEADS, keys, HEAD_DIM, device=dev, dtype=dt) for _ in range(LAYERS)]
-    col = torch.tensor([keys - 5], device=dev)
-    inv = 1.0 / 10000 ** (torch.arange(0, HEAD_DIM, 2, device=dev).float() / HEAD_DIM)
-    ang = torch.cat([inv, inv]) * float(keys - 5)
-    cos, sin = (t.expand(b, -1).to(dt).contiguous() for t in (ang.cos(), ang.sin()))
-    valid = torch.zeros(b, keys, dtype=torch.bool, device=dev)
-    valid[:, : keys - 4] = True
+    col, k_c, v_c, cos, sin, valid = _step_inputs(b, keys, dt)
     x0 = torch.randn(b, 1, HIDDEN, device=dev, dtype=dt)
     layer_in = torch.compile(_layer_in, dynamic=False, fullgraph=True)
     post_norm = torch.compile(_post_norm, dynamic=False, fullgraph=True)
