@@ -223,7 +223,7 @@ def main() -> None:
                 "_vision_eager": OpenVLAEngine(model, max_batch=1, compile_vision=False),
                 "_towers_serial": OpenVLAEngine(model, max_batch=1, parallel_towers=False),
                 "_sdpa_attention": OpenVLAEngine(model, max_batch=1, triton_attention=False, triton_gemv=False),
-                "_cublas_gemv": OpenVLAEngine(model, max_batch=1, triton_gemv=False, triton_swiglu=False),
+                "_cublas_gemv": OpenVLAEngine(model, max_batch=1, triton_gemv=False),
                 "_unfused_norms": OpenVLAEngine(model, max_batch=1, triton_fused_norms=False),
                 "_cublas_qkv": OpenVLAEngine(model, max_batch=1, triton_qkv=False)}
     tokens = {name: e.generate(inputs, model.action_dim) for name, e in variants.items()}  # captures

@@ -159,16 +159,15 @@ def test_bad_shapes_are_named() -> None:
 def test_triton_knobs_name_what_they_need(tiny_model: OpenVLA) -> None:
     with pytest.raises(ValueError, match="triton_gemv needs triton_attention"):
         OpenVLAEngine(tiny_model, triton_attention=False, triton_gemv=True)
-    with pytest.raises(ValueError, match="triton_swiglu needs triton_gemv"):
-        OpenVLAEngine(tiny_model, triton_attention=True, triton_gemv=False, triton_swiglu=True)
-    with pytest.raises(ValueError, match="triton_fused_norms needs triton_swiglu"):
-        OpenVLAEngine(tiny_model, triton_attention=True, triton_swiglu=False, triton_fused_norms=True)
+    with pytest.raises(ValueError, match="triton_fused_norms needs triton_gemv"):
+        OpenVLAEngine(tiny_model, triton_attention=True, triton_gemv=False, triton_fused_norms=True)
 
 
 @pytest.mark.skipif(not (da.triton_available() and os.environ.get("TRITON_INTERPRET") == "1"),
                     reason="the CPU engine runs Triton in its interpreter (on CUDA: test_continuous's graph test)")
+@pytest.mark.parametrize("fused_norms", [True, False])  # False: session 11's layer, the bench's A/B baseline
 def test_engine_with_triton_decode_kernels_reproduces_the_eager_tokens(tiny_model: OpenVLA,
-                                                                  images: list[np.ndarray]) -> None:
+                                                                  images: list[np.ndarray], fused_norms: bool) -> None:
     from crane_x7_vla.models.generate import _decode_loop
 
     instructions = ["go", "Place the blue cube on the green plate"]
@@ -177,9 +176,11 @@ def test_engine_with_triton_decode_kernels_reproduces_the_eager_tokens(tiny_mode
         toks, _ = _decode_loop(tiny_model, tiny_model.prepare_inputs(images[:2], instructions),
                                tiny_model.action_dim, lambda h: lm_head(h).argmax(dim=-1))
     want = torch.stack(toks, dim=1)
-    engine = OpenVLAEngine(tiny_model, max_batch=4, text_bucket=8, triton_attention=True)
-    assert engine._decode_layer == engine._triton_decode_layer and engine.triton_gemv and engine.triton_swiglu
-    assert engine.triton_fused_norms and engine.triton_qkv  # fused_decode_layers: five kernels a layer
+    engine = OpenVLAEngine(tiny_model, max_batch=4, text_bucket=8, triton_attention=True,
+                           triton_fused_norms=None if fused_norms else False)
+    assert engine._decode_layer == engine._triton_decode_layer and engine.triton_gemv
+    # By default fused_decode_layers: five kernels a layer; else _triton_decode_layer with its Triton GEMVs.
+    assert engine.triton_fused_norms == fused_norms and engine.triton_qkv == fused_norms
     # Batch 2: prompts of two lengths, the shorter padded after its end, so keys masked mid-cache. One call:
     # the interpreter runs every program of every layer and step in Python.
     got = engine.generate(tiny_model.prepare_inputs(images[:2], instructions), 8)

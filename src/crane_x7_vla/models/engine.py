@@ -287,7 +287,6 @@ class OpenVLAEngine:
         parallel_towers: bool = True,
         triton_attention: bool | None = None,
         triton_gemv: bool | None = None,
-        triton_swiglu: bool | None = None,
         triton_fused_norms: bool | None = None,
         triton_qkv: bool = True,
         exact_batch_upto: int = 8,
@@ -321,8 +320,7 @@ class OpenVLAEngine:
             compiled = torch.compile(_layer_forward, dynamic=False, fullgraph=True)
             self._decode_layer = compiled if compile_decode else _layer_forward
             self._prefill_layer = compiled if compile_prefill else _layer_forward
-        self._setup_triton_decode(triton_attention, triton_gemv, triton_swiglu, triton_fused_norms,
-                                  compile_decode)
+        self._setup_triton_decode(triton_attention, triton_gemv, triton_fused_norms, compile_decode)
         self.triton_qkv = triton_qkv and self.triton_fused_norms  # q/k/v of the fused path: Triton, else cuBLAS
         self._vision: Callable[[Tensor], Tensor] = self._vision_forward
         self._tower_stream: torch.cuda.Stream | None = None
@@ -344,8 +342,8 @@ class OpenVLAEngine:
         self._pool: Any = None
         self._lock = threading.Lock()
 
-    def _setup_triton_decode(self, attention: bool | None, gemv: bool | None, swiglu: bool | None,
-                             fused_norms: bool | None, compile_decode: bool) -> None:
+    def _setup_triton_decode(self, attention: bool | None, gemv: bool | None, fused_norms: bool | None,
+                             compile_decode: bool) -> None:
         """Decode steps through Triton (default on CUDA with Triton and compile_decode): RoPE, the cache writes
         and attention in two kernels (:mod:`.decode_attention`); with up to 16 rows also the o and down
         projections with their residual adds (no split-K) and gate/up with its SwiGLU in :mod:`.decode_linear`'s
@@ -359,14 +357,12 @@ class OpenVLAEngine:
                 if error is not None:
                     log.warning("Triton decode kernels unavailable on %s (%s); decoding through torch/cuBLAS",
                                 torch.cuda.get_device_name(self.device), error)
-                    attention = gemv = swiglu = fused_norms = False
+                    attention = gemv = fused_norms = False
         self.triton_attention = bool(attention)
         self.triton_gemv = self.triton_attention if gemv is None else gemv
-        self.triton_swiglu = self.triton_gemv if swiglu is None else swiglu
-        self.triton_fused_norms = self.triton_swiglu if fused_norms is None else fused_norms
+        self.triton_fused_norms = self.triton_gemv if fused_norms is None else fused_norms
         for knob, needs, name in ((self.triton_gemv, self.triton_attention, "triton_gemv needs triton_attention"),
-                                  (self.triton_swiglu, self.triton_gemv, "triton_swiglu needs triton_gemv"),
-                                  (self.triton_fused_norms, self.triton_swiglu, "triton_fused_norms needs triton_swiglu")):
+                                  (self.triton_fused_norms, self.triton_gemv, "triton_fused_norms needs triton_gemv")):
             if knob and not needs:
                 raise ValueError(f"{name} (the decode layer it is part of)")
         if not attention:
@@ -379,7 +375,7 @@ class OpenVLAEngine:
             return torch.compile(fn, dynamic=False, fullgraph=True) if on_gpu else fn
 
         self._layer_in, self._layer_out = compiled(_layer_in), compiled(_mlp_split)
-        self._swiglu, self._post_norm = compiled(_swiglu), compiled(_post_norm)
+        self._post_norm = compiled(_post_norm)
         self._decode_layer = self._triton_decode_layer
 
     def _triton_decode_layer(self, x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, w: _LayerWeights,
@@ -394,10 +390,7 @@ class OpenVLAEngine:
         if not (self.triton_gemv and decode_linear.usable(att)):
             return self._layer_out(x, att[:, None], w)  # type: ignore[no-any-return]
         x = decode_linear.linear(att, w.o, x[:, 0])[:, None]
-        if self.triton_swiglu:
-            a = decode_linear.swiglu(self._post_norm(x, w)[:, 0], w.gate_up)
-        else:
-            a = self._swiglu(x, w)[:, 0]
+        a = decode_linear.swiglu(self._post_norm(x, w)[:, 0], w.gate_up)
         return x, decode_linear.linear(a, w.down)[:, None]
 
     def fused_decode_usable(self, x: Tensor) -> bool:
