@@ -4,6 +4,7 @@ Builds the full openvla-7b architecture with random weights on the GPU (nothing 
 built locally with the real id layout, and the prompt's words are single pieces so the prompt has the release's
 token count: 25 tokens + the appended "▁", a 288-token prefill with the 256 patches), then measures:
   - batch-1 predict p50/p99 (preprocessing included) for the eager loop and the engine,
+  - batch-1 model-only time with a draft of the tokens (the robot's previous action), by how much of it is right,
   - engine throughput (actions/s) at batch 8 and 32,
   - peak GPU memory of the engine at batch 1,
   - token agreement between the engine and the eager loop on the same inputs,
@@ -68,6 +69,27 @@ def _interleaved(fns: dict[str, Any], iters: int, rounds: int = 5) -> dict[str, 
 
 def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs) * 1e3, q))
+
+
+def _drafted(model: OpenVLA, engine: OpenVLAEngine, inputs: Any, want: torch.Tensor, iters: int) -> dict[str, Any]:
+    """Model-only batch-1 time with a draft (generate(..., draft=)), by how much of the draft is right, with
+    Jacobi verify passes (all unknown tokens a pass) and with one-token passes; ``none`` is the plain graph.
+    Each row: p50 ms, LLM passes, and whether the tokens are the plain graph's (they must be)."""
+    d = want.numel()
+    wrong = (want + 1) % model.language_model.config.vocab_size
+    drafts = {f"right_{j}": torch.cat([want[:j], wrong[j:]]) for j in (d, d - 1, 3, 1, 0)}
+    out: dict[str, Any] = {}
+    for rows in (16, 1):
+        eng = engine if rows == engine.verify_rows else OpenVLAEngine(model, max_batch=1, verify_rows=rows)
+        for name, draft in drafts.items():
+            if rows == 1 and name in (f"right_{d}", f"right_{d - 1}"):
+                continue  # one pass (the prefill) whatever the verify rows
+            same = torch.equal(eng.generate(inputs, d, draft=draft)[0], want)  # captures
+            ts = _time(lambda eng=eng, draft=draft: eng.generate(inputs, d, draft=draft), iters)
+            out[f"{name}_rows{rows}"] = {"ms_p50": _pct(ts, 50), "passes": eng.last_passes, "same_tokens": same}
+    ts = _time(lambda: engine.generate(inputs, d), iters)
+    out["none"] = {"ms_p50": _pct(ts, 50), "passes": engine.last_passes, "same_tokens": True}
+    return out
 
 
 def build_model(tiny: bool, device: str) -> OpenVLA:
@@ -183,6 +205,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="use the tiny architecture (CPU smoke run)")
     ap.add_argument("--skip-minivla", action="store_true", help="leave out the MiniVLA row")
     ap.add_argument("--b1-only", action="store_true", help="stop after the batch-1 measurements")
+    ap.add_argument("--skip-ab", action="store_true", help="leave out the batch-1 A/B variants of the engine")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()
@@ -201,7 +224,8 @@ def main() -> None:
     eager = _time(lambda: model.predict_action(images[:1], [INSTRUCTION]), 3 + args.eager_iters)[3:]
     result["eager_b1_ms_p50"], result["eager_b1_ms_p99"] = _pct(eager, 50), _pct(eager, 99)
 
-    engine = OpenVLAEngine(model, max_batch=32)
+    # The headline numbers draft nothing: with draft_previous a repeated frame is a right draft (one pass).
+    engine = OpenVLAEngine(model, max_batch=32, draft_previous=False)
     result["engine_triton_decode"] = engine.triton_attention  # False if the kernels' probe failed (logged)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -219,7 +243,8 @@ def main() -> None:
     # attention through SDPA instead of Triton, the GEMVs through cuBLAS, the RMSNorms as kernels of their own
     # (session 11's layer), q/k/v through cuBLAS. Timed in alternating rounds.
     inputs = model.prepare_inputs(images[:1], [INSTRUCTION])
-    variants = {"": engine,
+    variants = {"": engine} if args.skip_ab else {
+                "": engine,
                 "_vision_eager": OpenVLAEngine(model, max_batch=1, compile_vision=False),
                 "_towers_serial": OpenVLAEngine(model, max_batch=1, parallel_towers=False),
                 "_sdpa_attention": OpenVLAEngine(model, max_batch=1, triton_attention=False, triton_gemv=False),
@@ -233,6 +258,7 @@ def main() -> None:
         result[f"engine_b1_model_only_ms_p50{name}"] = _pct(ts, 50)
     result["variants_same_tokens"] = all(torch.equal(t, tokens[""]) for t in tokens.values())
     del variants
+    result["engine_b1_drafts"] = _drafted(model, engine, inputs, tokens[""][0], args.iters)
 
     if args.b1_only:
         print(json.dumps(result, indent=2))

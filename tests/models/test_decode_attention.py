@@ -185,6 +185,12 @@ def test_engine_with_triton_decode_kernels_reproduces_the_eager_tokens(tiny_mode
     # the interpreter runs every program of every layer and step in Python.
     got = engine.generate(tiny_model.prepare_inputs(images[:2], instructions), 8)
     assert torch.equal(got, want)
+    if fused_norms:  # a draft's verify passes: of one row (the fused Triton layers) and of three (torch layers)
+        one = tiny_model.prepare_inputs(images[:1], instructions[:1])
+        for right, passes in ((6, {2}), (4, {2, 3, 4})):
+            draft = torch.cat([want[0, :right], (want[0, right:] + 1) % tiny_model.language_model.config.vocab_size])
+            assert torch.equal(engine.generate(one, 8, draft=draft), want[:1])
+            assert engine.last_passes in passes
 
 
 @needs_triton

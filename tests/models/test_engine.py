@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -123,3 +125,93 @@ def test_prefill_layout_puts_padding_last() -> None:
     assert positions.tolist() == [[0, 1, 2, 3, 4, 4, 4], [0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 3, 3, 3]]
     h = torch.arange(3 * 7, dtype=torch.float32).view(3, 7, 1)
     assert last_real(h, positions)[:, 0].tolist() == [4.0, 13.0, 17.0]
+
+
+def _drafts(want: torch.Tensor, vocab: int) -> dict[str, tuple[torch.Tensor, int]]:
+    """Drafts for the exact tokens ``want`` [D] -> (draft, how many leading tokens it gets right)."""
+    d = want.numel()
+    wrong = (want + 1) % vocab  # differs everywhere
+    out = {"exact": (want.clone(), d), "all wrong": (wrong, 0)}
+    for j in (1, 3, d - 1):
+        out[f"right up to {j}"] = (torch.cat([want[:j], wrong[j:]]), j)
+    mixed = want.clone()
+    mixed[[0, 2]] = wrong[[0, 2]]  # wrong early, right after: only a Jacobi pass can reuse the later guesses
+    out["wrong at 0 and 2"] = (mixed, 0)
+    return out
+
+
+@pytest.mark.parametrize("verify_rows", [16, 1])  # 16: Jacobi passes over all unknown tokens; 1: decode steps
+def test_any_draft_gives_the_greedy_tokens(tiny_model: OpenVLA, images: list[np.ndarray], verify_rows: int) -> None:
+    """A draft is verified, never trusted: right, wrong or mixed, the tokens are the eager loop's; a right
+    prefix saves one pass per token (a draft right on its first D - 1 tokens needs the prefill only)."""
+    engine = OpenVLAEngine(tiny_model, max_batch=2, text_bucket=8, verify_rows=verify_rows)
+    vocab = tiny_model.language_model.config.vocab_size
+    for i in (0, 2):  # two prompt lengths: the draft moves the prompt into another text bucket or not
+        inputs = tiny_model.prepare_inputs(images[i : i + 1], INSTRUCTIONS[i : i + 1])
+        want = _eager_tokens(tiny_model, images[i : i + 1], INSTRUCTIONS[i : i + 1])
+        d = want.shape[1]
+        for name, (draft, right) in _drafts(want[0], vocab).items():
+            got = engine.generate(inputs, d, draft=draft)
+            assert torch.equal(got, want), (i, name)
+            passes = engine.last_passes
+            if right >= d - 1:
+                assert passes == 1, name
+            elif verify_rows == 1:
+                assert passes == d - right, name  # one token per decode step after the prefill's 1 + right
+            else:
+                assert passes <= d - right, name  # a Jacobi pass fixes at least one token
+    assert engine.generate(inputs, d) is not None and engine.last_passes == d  # no draft: prefill + D - 1 steps
+
+
+def test_predict_drafts_with_the_previous_action(tiny_model: OpenVLA, images: list[np.ndarray]) -> None:
+    """One robot's predict_from_inputs drafts with its previous action for the same prompt: the same frame
+    again is a right draft (one pass); a new prompt starts without one; draft_previous=False never drafts."""
+    engine = OpenVLAEngine(tiny_model, max_batch=2, text_bucket=8)
+    d = tiny_model.action_dim
+    inputs = [tiny_model.prepare_inputs(images[i : i + 1], INSTRUCTIONS[i : i + 1]) for i in range(2)]
+    want = [tiny_model.predict_action(images[i : i + 1], INSTRUCTIONS[i : i + 1]) for i in range(2)]
+    np.testing.assert_array_equal(engine.predict_from_inputs(inputs[0]), want[0])
+    assert engine.last_passes == d
+    np.testing.assert_array_equal(engine.predict_from_inputs(inputs[0]), want[0])
+    assert engine.last_passes == 1
+    np.testing.assert_array_equal(engine.predict_from_inputs(inputs[1]), want[1])  # another prompt: no draft
+    assert engine.last_passes == d
+    other = tiny_model.prepare_inputs(images[1:2], INSTRUCTIONS[:1])  # prompt 0's draft, another frame
+    np.testing.assert_array_equal(engine.predict_from_inputs(other),
+                                  tiny_model.predict_action(images[1:2], INSTRUCTIONS[:1]))
+    plain = OpenVLAEngine(tiny_model, max_batch=2, text_bucket=8, draft_previous=False)
+    plain.predict_from_inputs(inputs[0])
+    plain.predict_from_inputs(inputs[0])
+    assert plain.last_passes == d
+
+
+def test_bad_drafts_are_refused(engine: OpenVLAEngine, tiny_model: OpenVLA, images: list[np.ndarray]) -> None:
+    one = tiny_model.prepare_inputs(images[:1], INSTRUCTIONS[:1])
+    with pytest.raises(ValueError, match="batch 1"):
+        engine.generate(tiny_model.prepare_inputs(images[:2], INSTRUCTIONS[:2]), 8, draft=torch.zeros(8))
+    with pytest.raises(ValueError, match="action_dim = 8"):
+        engine.generate(one, 8, draft=torch.zeros(7, dtype=torch.long))
+    with pytest.raises(ValueError, match="token ids must be in"):
+        engine.generate(one, 8, draft=torch.full((8,), tiny_model.language_model.config.vocab_size))
+    with pytest.raises(ValueError, match="verify_rows"):
+        OpenVLAEngine(tiny_model, verify_rows=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_drafted_passes_as_cuda_graphs(tiny_ckpt: Path, images: list[np.ndarray],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA the draft prefill and every verify pass are graphs of their own (replayed between host reads of
+    the exact count), with the Triton decode layers in one-row passes: still the eager tokens (float32)."""
+    from crane_x7_vla.models import load_vla
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    model = load_vla(tiny_ckpt, device="cuda", dtype=torch.float32)
+    for rows in (16, 1):
+        engine = OpenVLAEngine(model, text_bucket=8, verify_rows=rows)
+        inputs = model.prepare_inputs(images[2:3], INSTRUCTIONS[2:3])
+        want = _eager_tokens(model, images[2:3], INSTRUCTIONS[2:3])
+        for name, (draft, _) in _drafts(want[0], model.language_model.config.vocab_size).items():
+            for _ in range(2):  # capture, then replay
+                assert torch.equal(engine.generate(inputs, want.shape[1], draft=draft), want), (rows, name)
+        assert any(g.steps for g in engine._graphs.values())

@@ -26,8 +26,9 @@ import functools
 import logging
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,8 @@ from crane_x7_vla.models.openvla import OpenVLA
 from crane_x7_vla.models.processing import ImageLike, ModelInputs
 
 log = logging.getLogger(__name__)
+
+_MAX_DRAFTS = 64  # prompts whose previous action is kept as the next request's draft
 
 
 @dataclass
@@ -64,6 +67,11 @@ class _Graph:
     entropy: Tensor | None = None  # [Bp, D] float32 output
     hidden: Tensor | None = None  # [Bp, H] output: last hidden state at the position predicting token 0
     graph: torch.cuda.CUDAGraph | None = None
+    # Draft buckets only (batch 1, see OpenVLAEngine.generate): the prompt ends with the draft's first D - 1
+    # tokens; ``tokens`` holds the known tokens followed by the current guesses of the rest.
+    guess: Tensor | None = None  # [1, D] the draft, filled before the prefill's replay
+    known: Tensor | None = None  # [1] output of every pass: how many leading ``tokens`` are exact
+    steps: dict[tuple[int, int], torch.cuda.CUDAGraph] = field(default_factory=dict)  # verify pass (k, rows)
 
 
 @dataclass
@@ -291,8 +299,16 @@ class OpenVLAEngine:
         triton_qkv: bool = True,
         exact_batch_upto: int = 8,
         min_batch: int = 1,
+        draft_previous: bool = True,
+        verify_rows: int = 16,
     ) -> None:
+        if verify_rows < 1:
+            raise ValueError(f"verify_rows must be >= 1 (1: one token per verify pass), got {verify_rows}")
         self.model = model.eval()
+        self.draft_previous = draft_previous
+        self.verify_rows = verify_rows
+        self._drafts: OrderedDict[tuple[int, bytes], Tensor] = OrderedDict()
+        self.last_passes = 0  # LLM passes of the last generate call (1 + verify passes with a draft)
         self.max_batch = max_batch
         self.exact_batch_upto = exact_batch_upto
         self.min_batch = min_batch
@@ -337,7 +353,7 @@ class OpenVLAEngine:
             else:
                 self._vision = torch.compile(self._vision_forward, dynamic=False)
         self.num_patches = model.config.vision_towers[0].num_patches
-        self._graphs: dict[tuple[int, int, int, bool], _Graph] = {}
+        self._graphs: dict[tuple[int, int, int, bool, bool], _Graph] = {}
         self._caches: dict[tuple[int, int], tuple[list[Tensor], list[Tensor]]] = {}
         self._pool: Any = None
         self._lock = threading.Lock()
@@ -453,10 +469,7 @@ class OpenVLAEngine:
         self, images: Sequence[ImageLike], instructions: Sequence[str], unnorm_key: str | None = None
     ) -> np.ndarray:
         """Same contract as :meth:`OpenVLA.predict_action`: unnormalised actions (B, action_dim) float32."""
-        dim = self.model.action_stats(unnorm_key).dim
-        inputs = self.model.prepare_inputs(images, instructions)
-        tokens = self.generate(inputs, dim)
-        return self.model.decode_actions(tokens, unnorm_key)
+        return self.predict_from_inputs(self.model.prepare_inputs(images, instructions), unnorm_key)
 
     # The policy interface of the inference service (same names as the model's).
     predict_action = predict
@@ -465,12 +478,36 @@ class OpenVLAEngine:
         return self.model.prepare_inputs(images, instructions)
 
     def predict_from_inputs(self, inputs: ModelInputs, unnorm_key: str | None = None) -> np.ndarray:
-        """Greedy actions (B, action_dim) for already prepared inputs."""
-        return self.model.decode_actions(self.generate(inputs, self.model.action_stats(unnorm_key).dim), unnorm_key)
+        """Greedy actions (B, action_dim) for already prepared inputs. With ``draft_previous`` a single robot's
+        request is drafted with the previous action of the same prompt (see :meth:`generate`)."""
+        d = self.model.action_stats(unnorm_key).dim
+        if not (self.draft_previous and inputs.batch_size == 1):
+            return self.model.decode_actions(self.generate(inputs, d), unnorm_key)
+        key = (d, inputs.input_ids[inputs.attention_mask.bool()].cpu().numpy().tobytes())
+        with self._lock:
+            draft = self._drafts.get(key)
+        tokens = self.generate(inputs, d, draft=draft)
+        with self._lock:
+            self._drafts[key] = tokens[0]
+            self._drafts.move_to_end(key)
+            while len(self._drafts) > _MAX_DRAFTS:
+                self._drafts.popitem(last=False)
+        return self.model.decode_actions(tokens, unnorm_key)
 
-    def generate(self, inputs: ModelInputs, action_dim: int) -> Tensor:
-        """Greedy action token ids [B, action_dim] (argmax over the full vocabulary, as the release)."""
-        return self._execute(inputs, action_dim, None, None).tokens
+    def generate(self, inputs: ModelInputs, action_dim: int, draft: Tensor | None = None) -> Tensor:
+        """Greedy action token ids [B, action_dim] (argmax over the full vocabulary, as the release).
+
+        ``draft`` (batch 1 only; [action_dim] token ids, e.g. the robot's previous action) is a guess that is
+        verified, never trusted: the prefill also runs the draft's first D - 1 tokens after the prompt, so its
+        last D rows predict every token whose prefix the draft got right. Each verify pass then feeds the first
+        unknown token's known predecessor plus the current guesses for the rest (Jacobi decoding: a guess is the
+        latest prediction at its place) and again keeps every prediction whose inputs were all exact. Every pass
+        fixes at least one token, so the result is the greedy tokens whatever the draft; a right draft costs one
+        prefill and no decode step. ``verify_rows`` caps the rows of a verify pass (1: plain decode steps)."""
+        if draft is None:
+            self.last_passes = action_dim
+            return self._execute(inputs, action_dim, None, None).tokens
+        return self._speculate(inputs, action_dim, draft)
 
     def sample(self, inputs: ModelInputs, temperature: float, generator: torch.Generator | None = None) -> SampleOutput:
         """What :func:`.generate.sample_action_tokens` returns, from the static graph: tokens sampled from the
@@ -525,6 +562,50 @@ class OpenVLAEngine:
             return SampleOutput(rows[0].clone(), torch.empty(0), torch.empty(0), torch.empty(0))
         return SampleOutput(*(t.clone() for t in rows))
 
+    def _speculate(self, inputs: ModelInputs, d: int, draft: Tensor) -> Tensor:
+        if inputs.batch_size != 1:
+            raise ValueError(f"a draft is for one robot's request (batch 1), got batch {inputs.batch_size}; "
+                             "call generate without draft for batches")
+        draft = torch.as_tensor(draft).reshape(-1).to(device=inputs.input_ids.device, dtype=torch.long)
+        if draft.numel() != d or d < 2:
+            raise ValueError(f"draft must hold action_dim = {d} token ids (>= 2), got {draft.numel()}")
+        vocab = self.model.language_model.config.vocab_size
+        if not 0 <= int(draft.min()) <= int(draft.max()) < vocab:
+            raise ValueError(f"draft token ids must be in [0, {vocab}), got {draft.tolist()}")
+        guess = draft[None]
+        ids = torch.cat([inputs.input_ids, guess[:, :-1]], dim=1)  # the prompt, then the draft's first D - 1
+        am = torch.cat([inputs.attention_mask, torch.ones_like(guess[:, :-1])], dim=1)
+        lp = self.text_bucket * math.ceil(ids.shape[1] / self.text_bucket)
+        with self._lock, torch.inference_mode():
+            g = self._bucket(1, lp, d, spec=True)
+            assert g.guess is not None and g.known is not None
+            self._fill(g, ModelInputs(inputs.pixel_values, ids, am))
+            g.guess.copy_(guess)
+            self._pass(g, d, 0, d)
+            passes, k = 1, int(g.known.item())
+            while k < d:  # each pass makes at least one more token exact
+                self._pass(g, d, k, min(d - k, self.verify_rows))
+                passes, k = passes + 1, int(g.known.item())
+            self.last_passes = passes
+            return g.tokens[:1].clone()
+
+    def _pass(self, g: _Graph, d: int, k: int, rows: int) -> None:
+        """Replay (capturing on first use) or run pass (k, rows): the prefill when k == 0, else a verify pass."""
+        def run() -> None:
+            if k == 0:
+                self._draft_prefill(g, d)
+            else:
+                self._verify(g, d, k, rows)
+        if not self.use_cuda_graphs:
+            run()
+            return
+        graph = g.steps.get((k, rows))
+        if graph is None:
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = g.steps[(k, rows)] = capture_graph(run, self.device, self._pool)
+        graph.replay()
+
     def batch_bucket(self, b: int) -> int:
         """Padded batch size of a request of ``b`` rows: exact up to ``exact_batch_upto``, then powers of two
         (a prefill costs per padded row, so small multi-robot batches are not rounded up), at least
@@ -533,8 +614,8 @@ class OpenVLAEngine:
         return min(max(bp, self.min_batch), self.max_batch)
 
     # ------------------------------------------------------------------ buffers
-    def _bucket(self, bp: int, lp: int, d: int, sample: bool = False) -> _Graph:
-        key = (bp, lp, d, sample)
+    def _bucket(self, bp: int, lp: int, d: int, sample: bool = False, spec: bool = False) -> _Graph:
+        key = (bp, lp, d, sample, spec)
         if key not in self._graphs:
             m, dev = self.model, self.device
             img = m.config.vision_towers[0].image_size
@@ -550,6 +631,10 @@ class OpenVLAEngine:
                 positions=torch.zeros(bp, t, device=dev, dtype=torch.long),
                 tokens=torch.zeros(bp, d, device=dev, dtype=torch.long),
             )
+            if spec:
+                g = self._graphs[key]
+                g.guess = torch.zeros(bp, d, device=dev, dtype=torch.long)
+                g.known = torch.zeros(bp, device=dev, dtype=torch.long)
             if sample:
                 g = self._graphs[key]
                 n_bins = m.action_tokenizer.n_bins
@@ -576,6 +661,7 @@ class OpenVLAEngine:
         for key, g in self._graphs.items():
             if key[0] == bp:
                 g.graph = None
+                g.steps.clear()
         return kv
 
     def _fill(self, g: _Graph, inputs: ModelInputs) -> None:
@@ -599,11 +685,13 @@ class OpenVLAEngine:
         g.positions.copy_(positions)
 
     # ------------------------------------------------------------------ the static computation
-    def _trunk(self, x: Tensor, positions: Tensor, start: int, mask: Tensor | None, kv: tuple[list[Tensor], list[Tensor]]) -> Tensor:
+    def _trunk(self, x: Tensor, positions: Tensor, idx: Tensor, mask: Tensor | None,
+               kv: tuple[list[Tensor], list[Tensor]]) -> Tensor:
+        """The layers over x [B, S, H] at ``positions`` [B, S], writing cache columns ``idx`` [S]; ``mask``
+        [B, 1, S, Tmax] (None: a prompt, causal over itself). Returns the last layer's output [B, S, H]."""
         lm = self.model.language_model.model
         cos, sin = lm.rotary_emb(x, positions)
         s = x.shape[1]
-        idx = torch.arange(start, start + s, device=x.device)
         if s == 1 and self.fused_decode_usable(x[:, 0]):
             assert mask is not None
             return self._fused_decode_trunk(x[:, 0], cos[:, 0], sin[:, 0], kv, idx, mask[:, 0, 0])[:, None]
@@ -625,7 +713,8 @@ class OpenVLAEngine:
         embed, norm = m.language_model.model.embed_tokens, m.language_model.model.norm
         x = self.prefill_embeddings(g.pixel_values, g.input_ids, g.gather_idx)
         with record_function("engine.prefill"):
-            h = norm(last_real(self._trunk(x, g.positions, 0, None, kv), g.positions))  # [Bp,H]
+            h = norm(last_real(self._trunk(x, g.positions, torch.arange(t, device=x.device), None, kv),
+                               g.positions))  # [Bp,H]
             if g.hidden is not None:
                 g.hidden.copy_(h)
             tok = self._select(g, h, 0)
@@ -637,8 +726,45 @@ class OpenVLAEngine:
                 key_valid[:, t + step - 1] = True
                 pos = pos + 1
                 x = embed(tok[:, None])
-                h = norm(self._trunk(x, pos, t + step - 1, key_valid[:, None, None, :], kv)[:, -1])
+                idx = torch.arange(t + step - 1, t + step, device=x.device)
+                h = norm(self._trunk(x, pos, idx, key_valid[:, None, None, :], kv)[:, -1])
                 tok = self._select(g, h, step)
+
+    def _draft_prefill(self, g: _Graph, d: int) -> None:
+        """Pass 0 of :meth:`generate` with a draft: the prompt + the draft's first D - 1 tokens (no padding
+        among them: :func:`prefill_layout` puts it last), whose last D rows predict tokens 0..D-1."""
+        assert g.guess is not None
+        t = g.gather_idx.shape[1]
+        kv = self._kv(1, t + d)
+        x = self.prefill_embeddings(g.pixel_values, g.input_ids, g.gather_idx)
+        with record_function("engine.prefill"):
+            h = self._trunk(x, g.positions, torch.arange(t, device=x.device), None, kv)
+            rows = g.positions[:, -1:] - (d - 1) + torch.arange(d, device=x.device)  # [1, D] slot = position
+            h = h.gather(1, rows[:, :, None].expand(-1, -1, h.shape[-1]))
+            self._accept(g, 0, g.guess[:, :-1], self.greedy_tokens(self.model.language_model.model.norm(h)))
+
+    def _verify(self, g: _Graph, d: int, k: int, rows: int) -> None:
+        """A verify pass of :meth:`generate` once tokens 0..k-1 are exact: ``rows`` inputs, token k-1 and the
+        guesses after it, at their slots of the draft prefill (over its draft's stale keys), causal over them."""
+        kv = self._kv(1, g.gather_idx.shape[1] + d)
+        tmax = kv[0][0].shape[2]
+        pos = g.positions[:, -1:] - (d - 1) + k + torch.arange(rows, device=g.positions.device)  # [1, rows]
+        inp = g.tokens[:, k - 1 : k - 1 + rows].clone()
+        mask = torch.arange(tmax, device=pos.device) <= pos[:, :, None]  # [1, rows, Tmax]: the slots up to own
+        with record_function("engine.decode"):
+            x = self.model.language_model.model.embed_tokens(inp)
+            h = self._trunk(x, pos, pos[0], mask[:, None], kv)
+            self._accept(g, k, inp[:, 1:], self.greedy_tokens(self.model.language_model.model.norm(h)))
+
+    @staticmethod
+    def _accept(g: _Graph, k: int, guessed: Tensor, pred: Tensor) -> None:
+        """Predictions pred [1, R] of tokens k..k+R-1 from a pass whose inputs after its first were ``guessed``
+        [1, R-1]: pred[0] is exact, and so is pred[j] while guessed[:j] == pred[:j]. Stores them (the exact ones
+        and the next guesses) and the new count of exact tokens."""
+        assert g.known is not None
+        right = (guessed == pred[:, :-1]).long().cumprod(dim=1).sum(dim=1)
+        g.known.copy_(k + 1 + right)
+        g.tokens[:, k : k + pred.shape[1]] = pred
 
     def prefill_embeddings(self, pixel_values: Tensor, input_ids: Tensor, gather_idx: Tensor) -> Tensor:
         """Vision towers + projector, then the prompt's sequence [B, T, H] laid out by ``gather_idx``
