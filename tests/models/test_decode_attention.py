@@ -83,6 +83,32 @@ def test_kernels_match_the_engine_math(b: int, nh: int, nkv: int, t: int, col: i
 
 
 @pytest.mark.gpu
+@needs_triton
+@pytest.mark.parametrize("splits", [None, 4])
+def test_rows_of_one_sequence_see_each_other(splits: int | None) -> None:
+    """one_sequence (a draft's verify pass): rows at columns 22, 20, 21 of one cache each see the keys up to
+    their own, the others' new ones included, as one token at a time would. The later tokens come first, so
+    without the write-only launch the interpreter's in-order programs would read stale keys."""
+    nh, nkv, hd, t, cols = 4, 2, 16, 30, [22, 20, 21]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    c = _case(3, nh, nkv, hd, t, cols, device, torch.float32)
+    k, v = c["k"][:1].clone(), c["v"][:1].clone()
+    valid = torch.arange(t, device=device)[None, :] <= c["col"][:, None]  # causal over one sequence
+    want = {}
+    for row in sorted(range(3), key=lambda r: cols[r]):  # one token at a time, in order
+        want[row] = da.reference(c["qkv"][row : row + 1], c["cos"][row : row + 1], c["sin"][row : row + 1], k, v,
+                                 c["col"][row : row + 1], valid[row : row + 1], nh, nkv, hd)
+    k_got, v_got = c["k"][:1].clone(), c["v"][:1].clone()
+    got = da.decode_attention(c["qkv"], c["cos"], c["sin"], k_got.expand(3, -1, -1, -1), v_got.expand(3, -1, -1, -1),
+                              c["col"], valid, nh, nkv, hd, one_sequence=True, splits=splits)
+    torch.testing.assert_close(got, torch.cat([want[r] for r in range(3)]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k_got, k, atol=1e-5, rtol=0)
+    assert torch.equal(v_got, v)
+    with pytest.raises(ValueError, match="one_sequence"):
+        da.decode_attention(c["qkv"], c["cos"], c["sin"], c["k"], c["v"], c["col"], valid, nh, nkv, hd,
+                            one_sequence=True)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_kernels_in_bf16_at_openvla_sizes() -> None:
     for b in (1, 8):

@@ -105,7 +105,7 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # one pair per mode: triton.j
                  stride_col, stride_qkv, stride_cs, stride_cb, stride_ch, stride_ct, stride_valid, stride_sq, T,
                  chunk, scale, P, width, eps, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr,
                  HALF: tl.constexpr, SPLITS: tl.constexpr, BLOCK_T: tl.constexpr, RMS: tl.constexpr,
-                 BLOCK_P: tl.constexpr):
+                 BLOCK_P: tl.constexpr, STORE: tl.constexpr, ATTEND: tl.constexpr):
         b = tl.program_id(0)
         h = tl.program_id(1)
         s = tl.program_id(2)
@@ -141,40 +141,42 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # one pair per mode: triton.j
         start = s * chunk
         stop = start + chunk  # the last chunk may reach past T; the loads below stop at T
         cache = b * stride_cb + kvh * stride_ch
-        if (h % group == 0) & (col >= start) & (col < stop) & (col < T):  # one program writes the new K and V
-            tl.store(k_ptr + cache + col * stride_ct + d, ka_new)
-            tl.store(k_ptr + cache + col * stride_ct + HALF + d, kb_new)
-            tl.store(v_ptr + cache + col * stride_ct + d, va_new)
-            tl.store(v_ptr + cache + col * stride_ct + HALF + d, vb_new)
-        m_i = tl.full([], float("-inf"), tl.float32)
-        l_i = tl.zeros([], dtype=tl.float32)
-        acc_a = tl.zeros([HALF], dtype=tl.float32)
-        acc_b = tl.zeros([HALF], dtype=tl.float32)
-        for t0 in range(0, chunk, BLOCK_T):
-            t = start + t0 + tl.arange(0, BLOCK_T)
-            ok = (t < stop) & (t < T)
-            valid = tl.load(valid_ptr + b * stride_valid + t, mask=ok, other=0) != 0
-            new = (t == col)[:, None]
-            off = cache + t[:, None] * stride_ct + d[None, :]
-            ka = tl.where(new, ka_new[None, :], tl.load(k_ptr + off, mask=ok[:, None], other=0.0)).to(tl.float32)
-            kb = tl.where(new, kb_new[None, :], tl.load(k_ptr + off + HALF, mask=ok[:, None], other=0.0))
-            score = tl.sum(ka * qa[None, :], axis=1) + tl.sum(kb.to(tl.float32) * qb[None, :], axis=1)
-            score = tl.where(valid, score, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(score, axis=0))
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a chunk with no valid key yet: no NaNs
-            alpha = tl.exp(m_i - m_ref)
-            p = tl.exp(score - m_ref)
-            va = tl.where(new, va_new[None, :], tl.load(v_ptr + off, mask=ok[:, None], other=0.0)).to(tl.float32)
-            vb = tl.where(new, vb_new[None, :], tl.load(v_ptr + off + HALF, mask=ok[:, None], other=0.0))
-            acc_a = acc_a * alpha + tl.sum(p[:, None] * va, axis=0)
-            acc_b = acc_b * alpha + tl.sum(p[:, None] * vb.to(tl.float32), axis=0)
-            l_i = l_i * alpha + tl.sum(p, axis=0)
-            m_i = m_new
-        part = (b * NH + h) * SPLITS + s
-        tl.store(acc_ptr + part * HD + d, acc_a)
-        tl.store(acc_ptr + part * HD + HALF + d, acc_b)
-        tl.store(ml_ptr + 2 * part, m_i)
-        tl.store(ml_ptr + 2 * part + 1, l_i)
+        if STORE:  # noqa: SIM102 (a constexpr: its own if compiles the stores out)
+            if (h % group == 0) & (col >= start) & (col < stop) & (col < T):  # one program writes the new K, V
+                tl.store(k_ptr + cache + col * stride_ct + d, ka_new)
+                tl.store(k_ptr + cache + col * stride_ct + HALF + d, kb_new)
+                tl.store(v_ptr + cache + col * stride_ct + d, va_new)
+                tl.store(v_ptr + cache + col * stride_ct + HALF + d, vb_new)
+        if ATTEND:  # a constexpr: a launch that only writes the new K/V (one_sequence) compiles without this
+            m_i = tl.full([], float("-inf"), tl.float32)
+            l_i = tl.zeros([], dtype=tl.float32)
+            acc_a = tl.zeros([HALF], dtype=tl.float32)
+            acc_b = tl.zeros([HALF], dtype=tl.float32)
+            for t0 in range(0, chunk, BLOCK_T):
+                t = start + t0 + tl.arange(0, BLOCK_T)
+                ok = (t < stop) & (t < T)
+                valid = tl.load(valid_ptr + b * stride_valid + t, mask=ok, other=0) != 0
+                new = (t == col)[:, None]
+                off = cache + t[:, None] * stride_ct + d[None, :]
+                ka = tl.where(new, ka_new[None, :], tl.load(k_ptr + off, mask=ok[:, None], other=0.0)).to(tl.float32)
+                kb = tl.where(new, kb_new[None, :], tl.load(k_ptr + off + HALF, mask=ok[:, None], other=0.0))
+                score = tl.sum(ka * qa[None, :], axis=1) + tl.sum(kb.to(tl.float32) * qb[None, :], axis=1)
+                score = tl.where(valid, score, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(score, axis=0))
+                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a chunk with no valid key yet: no NaNs
+                alpha = tl.exp(m_i - m_ref)
+                p = tl.exp(score - m_ref)
+                va = tl.where(new, va_new[None, :], tl.load(v_ptr + off, mask=ok[:, None], other=0.0)).to(tl.float32)
+                vb = tl.where(new, vb_new[None, :], tl.load(v_ptr + off + HALF, mask=ok[:, None], other=0.0))
+                acc_a = acc_a * alpha + tl.sum(p[:, None] * va, axis=0)
+                acc_b = acc_b * alpha + tl.sum(p[:, None] * vb.to(tl.float32), axis=0)
+                l_i = l_i * alpha + tl.sum(p, axis=0)
+                m_i = m_new
+            part = (b * NH + h) * SPLITS + s
+            tl.store(acc_ptr + part * HD + d, acc_a)
+            tl.store(acc_ptr + part * HD + HALF + d, acc_b)
+            tl.store(ml_ptr + 2 * part, m_i)
+            tl.store(ml_ptr + 2 * part + 1, l_i)
 
     @triton.jit
     def _combine(acc_ptr, ml_ptr, out_ptr, stride_out, NH: tl.constexpr, HD: tl.constexpr,
@@ -196,12 +198,15 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # one pair per mode: triton.j
 
 def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, col: Tensor,
                      key_valid: Tensor, nh: int, nkv: int, hd: int, *, rms: tuple[Tensor, float, int] | None = None,
-                     splits: int | None = None, block_t: int | None = None, num_warps: int | None = None) -> Tensor:
+                     one_sequence: bool = False, splits: int | None = None, block_t: int | None = None,
+                     num_warps: int | None = None) -> Tensor:
     """:func:`reference`'s result and cache writes, in two kernels. Every row attends over the keys that
     ``key_valid`` marks (which must include ``col``). ``rms=(sq, eps, width)``: qkv was projected from an
     RMSNorm's input times its weight (``decode_linear.linear_norm_out``), sq [B, P] float32 are partial sums of
-    squares of that input of ``width`` elements: q, k and v are divided by its rms first. The launch parameters
-    default to :func:`launch_config`."""
+    squares of that input of ``width`` elements: q, k and v are divided by its rms first. ``one_sequence``: the
+    rows are tokens of one sequence, over one cache (``k_cache``/``v_cache`` expanded to B rows, stride 0), each
+    seeing the others' keys that ``key_valid`` marks; their K/V are then written by a launch of their own before
+    the attention reads them. The launch parameters default to :func:`launch_config`."""
     b, width = qkv.shape
     t = k_cache.shape[2]
     if width != (nh + 2 * nkv) * hd or hd % 2 or nh % nkv:
@@ -225,11 +230,19 @@ def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_c
         raise ValueError(f"rms's sums of squares must be float32 [B, P] with B = {b} and unit stride in P")
     sq, eps, norm_width = (acc, 0.0, 1) if rms is None else rms
     parts = 1 if rms is None else sq.shape[1]
-    partial[(b, nh, splits)](
-        qkv, cos, sin, k_cache, v_cache, key_valid, col, acc, ml, sq,
-        0 if col.numel() == 1 else col.stride(0), qkv.stride(0), cos.stride(0), k_cache.stride(0),
-        k_cache.stride(1), k_cache.stride(2), key_valid.stride(0), sq.stride(0), t, chunk, hd ** -0.5, parts,
-        norm_width, eps, NH=nh, NKV=nkv, HD=hd, HALF=hd // 2, SPLITS=splits, BLOCK_T=block_t, RMS=rms is not None,
-        BLOCK_P=next_pow2(parts), num_warps=num_warps)
+    if one_sequence and (col.numel() != b or k_cache.stride(0) != 0):
+        raise ValueError("one_sequence needs a column per row and the one cache expanded to the rows (stride 0)")
+
+    def launch(grid_splits: int, grid_chunk: int, store: bool, attend: bool) -> None:
+        partial[(b, nh, grid_splits)](
+            qkv, cos, sin, k_cache, v_cache, key_valid, col, acc, ml, sq,
+            0 if col.numel() == 1 else col.stride(0), qkv.stride(0), cos.stride(0), k_cache.stride(0),
+            k_cache.stride(1), k_cache.stride(2), key_valid.stride(0), sq.stride(0), t, grid_chunk, hd ** -0.5,
+            parts, norm_width, eps, NH=nh, NKV=nkv, HD=hd, HALF=hd // 2, SPLITS=splits, BLOCK_T=block_t,
+            RMS=rms is not None, BLOCK_P=next_pow2(parts), STORE=store, ATTEND=attend, num_warps=num_warps)
+
+    if one_sequence:  # every row's K/V in place first: a row's keys may be another program's new ones
+        launch(1, t, True, False)
+    launch(splits, chunk, not one_sequence, True)
     combine[(b, nh)](acc, ml, out, out.stride(0), NH=nh, HD=hd, SPLITS=splits, num_warps=num_warps)
     return out

@@ -167,14 +167,15 @@ def _layer_in(x: Tensor, delta: Tensor | None, w: _LayerWeights) -> tuple[Tensor
 
 def fused_decode_layers(x: Tensor, cos: Tensor, sin: Tensor, layers: Sequence[_LayerWeights],
                         kv: tuple[Sequence[Tensor], Sequence[Tensor]], cache_idx: Tensor, key_valid: Tensor, nh: int,
-                        nkv: int, hd: int, *, triton_qkv: bool = True) -> Tensor:
+                        nkv: int, hd: int, *, triton_qkv: bool = True, one_sequence: bool = False) -> Tensor:
     """All layers of a decode step (x [B<=16, H] embeddings, cos/sin [B, hd], caches kv[0][i]/kv[1][i]
     [B, nkv, T, hd] written at cache_idx [1] or [B], key_valid [B, T]) in five kernels a layer: the q/k/v GEMV
     (Triton, or cuBLAS without ``triton_qkv``), attention with RoPE and the cache write (two Triton kernels),
     and the o, gate/up + SwiGLU and down GEMVs. No RMSNorm has a kernel: the GEMV before each writes its output
     times the norm's weight and the output's partial sums of squares, and the kernel after it divides by the
     rms (see :func:`.decode_linear.linear_norm_out`). The residual adds are the o and down GEMVs' epilogues.
-    Returns the last layer's output [B, H]."""
+    ``one_sequence``: the rows are consecutive tokens of one sequence over one cache (expanded to B rows, see
+    :func:`.decode_attention.decode_attention`). Returns the last layer's output [B, H]."""
     n = len(layers)
     xg, sq = decode_linear.norm_in(x, layers[0].ln1)
     for i, w in enumerate(layers):
@@ -184,7 +185,7 @@ def fused_decode_layers(x: Tensor, cos: Tensor, sin: Tensor, layers: Sequence[_L
         else:
             qkv = F.linear(xg, w.qkv)
         att = decode_attention.decode_attention(qkv, cos, sin, kv[0][i], kv[1][i], cache_idx, key_valid, nh, nkv,
-                                                hd, rms=(sq, w.eps, x.shape[1]))
+                                                hd, rms=(sq, w.eps, x.shape[1]), one_sequence=one_sequence)
         h, hg, hsq = decode_linear.linear_norm_out(att, w.o, x, w.ln2)
         a = decode_linear.swiglu(hg, w.gate_up, rms_in=(hsq, w.eps))
         if i + 1 < n:
@@ -414,10 +415,15 @@ class OpenVLAEngine:
         return self.triton_fused_norms and decode_linear.usable(x)
 
     def _fused_decode_trunk(self, x: Tensor, cos: Tensor, sin: Tensor, kv: tuple[list[Tensor], list[Tensor]],
-                            cache_idx: Tensor, key_valid: Tensor) -> Tensor:
-        """:func:`fused_decode_layers` over this engine's layers."""
+                            cache_idx: Tensor, key_valid: Tensor, one_sequence: bool = False) -> Tensor:
+        """:func:`fused_decode_layers` over this engine's layers (``one_sequence``: x's rows are tokens of the
+        one sequence of the batch-1 caches ``kv``)."""
+        if one_sequence:
+            rows = x.shape[0]
+            kv = ([c.expand(rows, -1, -1, -1) for c in kv[0]], [c.expand(rows, -1, -1, -1) for c in kv[1]])
         return fused_decode_layers(x, cos, sin, self.fused, kv, cache_idx, key_valid, self.num_heads,
-                                   self.num_kv_heads, self.head_dim, triton_qkv=self.triton_qkv)
+                                   self.num_kv_heads, self.head_dim, triton_qkv=self.triton_qkv,
+                                   one_sequence=one_sequence)
 
     def _linears(self, layer: Any) -> list[torch.nn.Module]:
         at, mlp = layer.self_attn, layer.mlp
@@ -692,9 +698,10 @@ class OpenVLAEngine:
         lm = self.model.language_model.model
         cos, sin = lm.rotary_emb(x, positions)
         s = x.shape[1]
-        if s == 1 and self.fused_decode_usable(x[:, 0]):
-            assert mask is not None
+        if mask is not None and s == 1 and self.fused_decode_usable(x[:, 0]):
             return self._fused_decode_trunk(x[:, 0], cos[:, 0], sin[:, 0], kv, idx, mask[:, 0, 0])[:, None]
+        if mask is not None and x.shape[0] == 1 and self.fused_decode_usable(x[0]):  # a verify pass's rows
+            return self._fused_decode_trunk(x[0], cos[0], sin[0], kv, idx, mask[0, 0], one_sequence=True)[None]
         fn = self._decode_layer if s == 1 else self._prefill_layer
         delta: Tensor | None = None
         for i, w in enumerate(self.fused):
