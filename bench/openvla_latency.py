@@ -71,6 +71,29 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs) * 1e3, q))
 
 
+def _stream(model: OpenVLA, images: list[np.ndarray], iters: int) -> dict[str, Any]:
+    """End-to-end batch-1 predict over a stream of frames with the service's default engine (each request
+    drafted with the previous action): distinct random frames (the worst case, every frame a new scene) and
+    one frame with fresh sensor noise (+-2 levels) each time (a robot at rest). With random weights the share
+    of right draft tokens is not a trained policy's: these bound the range, they do not predict a task."""
+    engine = OpenVLAEngine(model, max_batch=1)
+    rng = np.random.default_rng(1)
+    scenes = {
+        "distinct_frames": [images[i % len(images)] for i in range(iters + 1)],
+        "noisy_static_frame": [np.clip(images[0].astype(np.int16) + rng.integers(-2, 3, images[0].shape), 0, 255)
+                               .astype(np.uint8) for _ in range(iters + 1)],
+    }
+    out: dict[str, Any] = {}
+    for name, frames in scenes.items():
+        engine.predict(frames[0:1], [INSTRUCTION])  # the first request of the stream has no draft
+        times, passes = [], []
+        for f in frames[1:]:
+            times += _time(lambda f=f: engine.predict([f], [INSTRUCTION]), 1)
+            passes.append(engine.last_passes)
+        out[name] = {"ms_p50": _pct(times, 50), "ms_p99": _pct(times, 99), "passes_mean": float(np.mean(passes))}
+    return out
+
+
 def _drafted(model: OpenVLA, engine: OpenVLAEngine, inputs: Any, want: torch.Tensor, iters: int) -> dict[str, Any]:
     """Model-only batch-1 time with a draft (generate(..., draft=)), by how much of the draft is right, with
     Jacobi verify passes (all unknown tokens a pass) and with one-token passes; ``none`` is the plain graph.
@@ -259,6 +282,7 @@ def main() -> None:
     result["variants_same_tokens"] = all(torch.equal(t, tokens[""]) for t in tokens.values())
     del variants
     result["engine_b1_drafts"] = _drafted(model, engine, inputs, tokens[""][0], args.iters)
+    result["engine_b1_stream"] = _stream(model, images, args.iters)
 
     if args.b1_only:
         print(json.dumps(result, indent=2))

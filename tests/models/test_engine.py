@@ -185,6 +185,17 @@ def test_predict_drafts_with_the_previous_action(tiny_model: OpenVLA, images: li
     assert plain.last_passes == d
 
 
+def test_warmup_leaves_no_draft_behind(tiny_model: OpenVLA, images: list[np.ndarray]) -> None:
+    """warmup runs one robot's passes (on CUDA: captures them) without a draft for the first request."""
+    engine = OpenVLAEngine(tiny_model, max_batch=1, text_bucket=8)
+    engine.warmup(INSTRUCTIONS[0])
+    assert any(g.guess is not None for g in engine._graphs.values()) and not engine._drafts
+    inputs = tiny_model.prepare_inputs(images[:1], INSTRUCTIONS[:1])
+    np.testing.assert_array_equal(engine.predict_from_inputs(inputs),
+                                  tiny_model.predict_action(images[:1], INSTRUCTIONS[:1]))
+    assert engine.last_passes == tiny_model.action_dim
+
+
 def test_bad_drafts_are_refused(engine: OpenVLAEngine, tiny_model: OpenVLA, images: list[np.ndarray]) -> None:
     one = tiny_model.prepare_inputs(images[:1], INSTRUCTIONS[:1])
     with pytest.raises(ValueError, match="batch 1"):
@@ -209,9 +220,14 @@ def test_drafted_passes_as_cuda_graphs(tiny_ckpt: Path, images: list[np.ndarray]
     model = load_vla(tiny_ckpt, device="cuda", dtype=torch.float32)
     for rows in (16, 1):
         engine = OpenVLAEngine(model, text_bucket=8, verify_rows=rows)
+        engine.warmup(INSTRUCTIONS[2])  # captures every pass a request of this prompt length can reach
+        captured = {key: set(g.steps) for key, g in engine._graphs.items()}
+        d = model.action_dim
+        assert sum(len(v) for v in captured.values()) == d and all(g.graph for g in engine._graphs.values()
+                                                                    if g.guess is None)
         inputs = model.prepare_inputs(images[2:3], INSTRUCTIONS[2:3])
         want = _eager_tokens(model, images[2:3], INSTRUCTIONS[2:3])
         for name, (draft, _) in _drafts(want[0], model.language_model.config.vocab_size).items():
-            for _ in range(2):  # capture, then replay
-                assert torch.equal(engine.generate(inputs, want.shape[1], draft=draft), want), (rows, name)
-        assert any(g.steps for g in engine._graphs.values())
+            for _ in range(2):
+                assert torch.equal(engine.generate(inputs, d, draft=draft), want), (rows, name)
+        assert {key: set(g.steps) for key, g in engine._graphs.items()} == captured  # nothing captured late

@@ -49,9 +49,12 @@ def load_policy(settings: InferenceSettings) -> Any:
         # On a GPU the static-cache CUDA-graph engine serves the same greedy actions several times faster.
         from crane_x7_vla.models.engine import OpenVLAEngine
 
-        log.info("serving %s with the CUDA-graph engine (first action of each batch size captures a graph)",
-                 settings.model_path)
-        return OpenVLAEngine(model, max_batch=len(settings.robots))
+        engine = OpenVLAEngine(model, max_batch=len(settings.robots))
+        if len(settings.robots) == 1:  # several robots: the continuous batcher captures its own (share_policy)
+            log.info("serving %s with the CUDA-graph engine; capturing its graphs (each action drafted with the "
+                     "previous one, verified) ...", settings.model_path)
+            engine.warmup(settings.instruction)
+        return engine
     return model
 
 

@@ -568,7 +568,35 @@ class OpenVLAEngine:
             return SampleOutput(rows[0].clone(), torch.empty(0), torch.empty(0), torch.empty(0))
         return SampleOutput(*(t.clone() for t in rows))
 
+    def warmup(self, instruction: str = "pick up the object", unnorm_key: str | None = None) -> None:
+        """Capture one robot's graphs for prompts in ``instruction``'s length bucket before serving (a capture
+        compiles and takes seconds, which would otherwise stall the first actions): the plain action and, with
+        ``draft_previous``, the draft prefill and every verify pass. Also preprocesses a camera-sized frame
+        once (the GPU resize's one-time set-up)."""
+        d = self.model.action_stats(unnorm_key).dim
+        inputs = self.prepare_inputs([np.zeros((480, 640, 3), dtype=np.uint8)], [instruction])
+        if self.draft_previous and d >= 2:  # first: its longer prompt sizes the cache the plain graph then uses
+            with self._lock, torch.inference_mode():
+                g = self._draft_bucket(inputs, d, torch.zeros(d, dtype=torch.long))
+                for k in range(d):  # every pass a request can reach, whatever its draft
+                    self._pass(g, d, k, d if k == 0 else min(d - k, self.verify_rows))
+        self.generate(inputs, d)
+
     def _speculate(self, inputs: ModelInputs, d: int, draft: Tensor) -> Tensor:
+        with self._lock, torch.inference_mode():
+            g = self._draft_bucket(inputs, d, draft)
+            assert g.known is not None
+            self._pass(g, d, 0, d)
+            passes, k = 1, int(g.known.item())
+            while k < d:  # each pass makes at least one more token exact
+                self._pass(g, d, k, min(d - k, self.verify_rows))
+                passes, k = passes + 1, int(g.known.item())
+            self.last_passes = passes
+            return g.tokens[:1].clone()
+
+    def _draft_bucket(self, inputs: ModelInputs, d: int, draft: Tensor) -> _Graph:
+        """The draft bucket of a batch-1 request, filled: the prompt followed by the draft's first D - 1 tokens,
+        and the draft as the first guesses."""
         if inputs.batch_size != 1:
             raise ValueError(f"a draft is for one robot's request (batch 1), got batch {inputs.batch_size}; "
                              "call generate without draft for batches")
@@ -582,18 +610,11 @@ class OpenVLAEngine:
         ids = torch.cat([inputs.input_ids, guess[:, :-1]], dim=1)  # the prompt, then the draft's first D - 1
         am = torch.cat([inputs.attention_mask, torch.ones_like(guess[:, :-1])], dim=1)
         lp = self.text_bucket * math.ceil(ids.shape[1] / self.text_bucket)
-        with self._lock, torch.inference_mode():
-            g = self._bucket(1, lp, d, spec=True)
-            assert g.guess is not None and g.known is not None
-            self._fill(g, ModelInputs(inputs.pixel_values, ids, am))
-            g.guess.copy_(guess)
-            self._pass(g, d, 0, d)
-            passes, k = 1, int(g.known.item())
-            while k < d:  # each pass makes at least one more token exact
-                self._pass(g, d, k, min(d - k, self.verify_rows))
-                passes, k = passes + 1, int(g.known.item())
-            self.last_passes = passes
-            return g.tokens[:1].clone()
+        g = self._bucket(1, lp, d, spec=True)
+        assert g.guess is not None
+        self._fill(g, ModelInputs(inputs.pixel_values, ids, am))
+        g.guess.copy_(guess)
+        return g
 
     def _pass(self, g: _Graph, d: int, k: int, rows: int) -> None:
         """Replay (capturing on first use) or run pass (k, rows): the prefill when k == 0, else a verify pass."""
