@@ -18,6 +18,10 @@ and down GEMVs (:mod:`.decode_linear`) and the attention, with the residual adds
 them (:func:`fused_decode_layers`). On CPU (or with ``use_cuda_graphs=False``) the same static function runs
 eagerly, which is how CI checks that it reproduces :func:`.generate.predict_action`; the Triton path is checked against it
 in Triton's CPU interpreter.
+
+One robot's request may carry a draft of its tokens (by default its previous action; see
+:meth:`OpenVLAEngine.generate`): the prefill also verifies it and Jacobi verify passes, graphs of their own, fix
+the rest, so the tokens are the greedy ones whatever the draft and a right one saves every decode step.
 """
 
 from __future__ import annotations
@@ -628,9 +632,7 @@ class OpenVLAEngine:
             return
         graph = g.steps.get((k, rows))
         if graph is None:
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            graph = g.steps[(k, rows)] = capture_graph(run, self.device, self._pool)
+            graph = g.steps[(k, rows)] = capture_graph(run, self.device, self._graph_pool())
         graph.replay()
 
     def batch_bucket(self, b: int) -> int:
@@ -844,7 +846,10 @@ class OpenVLAEngine:
         g.tokens[:, step] = tok
         return tok
 
-    def _capture(self, g: _Graph, d: int) -> None:
+    def _graph_pool(self) -> Any:
         if self._pool is None:  # every graph of the engine shares one memory pool: one request runs at a time
             self._pool = torch.cuda.graph_pool_handle()
-        g.graph = capture_graph(lambda: self._run(g, d), self.device, self._pool)
+        return self._pool
+
+    def _capture(self, g: _Graph, d: int) -> None:
+        g.graph = capture_graph(lambda: self._run(g, d), self.device, self._graph_pool())
