@@ -491,7 +491,7 @@ class OpenVLAEngine:
         """Greedy actions (B, action_dim) for already prepared inputs. With ``draft_previous`` a single robot's
         request is drafted with the previous action of the same prompt (see :meth:`generate`)."""
         d = self.model.action_stats(unnorm_key).dim
-        if not (self.draft_previous and inputs.batch_size == 1):
+        if not (self.draft_previous and inputs.batch_size == 1 and d >= 2):
             return self.model.decode_actions(self.generate(inputs, d), unnorm_key)
         key = (d, inputs.input_ids[inputs.attention_mask.bool()].cpu().numpy().tobytes())
         with self._lock:
