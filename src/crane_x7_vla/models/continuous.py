@@ -36,7 +36,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -54,6 +53,7 @@ from crane_x7_vla.models.engine import (
     capture_graph,
     last_real,
     prefill_layout,
+    warmup_frame,
 )
 from crane_x7_vla.models.processing import ModelInputs
 
@@ -232,9 +232,7 @@ class ContinuousBatcher(SharedPolicy):
         Leaves the slots idle and the latency records empty."""
         if self._thread.is_alive():
             raise RuntimeError("warm the batcher up before start(): the worker thread would take the requests")
-        # A camera-sized frame, so that the GPU resize's one-time set-up (its first float64 product loads the
-        # library's kernels: 50-130 ms on the H200) is paid here and not by the first robot's first request.
-        inputs = self.prepare_inputs([np.zeros((480, 640, 3), dtype=np.uint8)], [instruction])
+        inputs = self.prepare_inputs([warmup_frame()], [instruction])  # camera-sized: the GPU resize's set-up
         for k in range(1, self.max_prefill + 1):
             futures = [self.submit(inputs) for _ in range(k)]
             while self._queue.qsize() or not self._idle():
