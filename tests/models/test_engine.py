@@ -231,3 +231,27 @@ def test_drafted_passes_as_cuda_graphs(tiny_ckpt: Path, images: list[np.ndarray]
             for _ in range(2):
                 assert torch.equal(engine.generate(inputs, d, draft=draft), want), (rows, name)
         assert {key: set(g.steps) for key, g in engine._graphs.items()} == captured  # nothing captured late
+
+
+def test_host_prompts_are_laid_out_once_per_prompt(tiny_model: OpenVLA, images: list[np.ndarray],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """engine.prepare_inputs keeps the prompt ids on the host: a request that repeats the bucket's last prompt
+    writes no text at all, another prompt of the same bucket is laid out again, and every action is the eager
+    one (a stale layout would give the other prompt's tokens)."""
+    import crane_x7_vla.models.engine as engine_module
+
+    layouts: list[int] = []
+    real = engine_module.prefill_layout
+
+    def counted(*args: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        layouts.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine_module, "prefill_layout", counted)
+    engine = OpenVLAEngine(tiny_model, max_batch=1, text_bucket=64, draft_previous=False)
+    a, b = "pick up the red block", "put down the red block"  # one text bucket
+    assert engine.prepare_inputs(images[:1], [a]).input_ids.device.type == "cpu"
+    for image, instruction, laid_out in ((0, a, 1), (1, a, 1), (1, b, 2), (0, b, 2), (0, a, 3)):
+        got = engine.predict(images[image : image + 1], [instruction])
+        np.testing.assert_array_equal(got, tiny_model.predict_action(images[image : image + 1], [instruction]))
+        assert len(layouts) == laid_out, (image, instruction)

@@ -83,6 +83,9 @@ class _Graph:
     guess: Tensor | None = None  # [1, D] the draft, filled before the prefill's replay
     known: Tensor | None = None  # [1] output of every pass: how many leading ``tokens`` are exact
     steps: dict[tuple[int, int], torch.cuda.CUDAGraph] = field(default_factory=dict)  # verify pass (k, rows)
+    # The host prompt (ids and mask bytes) whose layout the text buffers hold; None when they were last
+    # written from device tensors (see OpenVLAEngine._fill_text).
+    text_key: tuple[Any, ...] | None = None
 
 
 @dataclass
@@ -486,13 +489,16 @@ class OpenVLAEngine:
         self, images: Sequence[ImageLike], instructions: Sequence[str], unnorm_key: str | None = None
     ) -> np.ndarray:
         """Same contract as :meth:`OpenVLA.predict_action`: unnormalised actions (B, action_dim) float32."""
-        return self.predict_from_inputs(self.model.prepare_inputs(images, instructions), unnorm_key)
+        return self.predict_from_inputs(self.prepare_inputs(images, instructions), unnorm_key)
 
     # The policy interface of the inference service (same names as the model's).
     predict_action = predict
 
     def prepare_inputs(self, images: Sequence[ImageLike], instructions: Sequence[str]) -> ModelInputs:
-        return self.model.prepare_inputs(images, instructions)
+        """The model's inputs with the pixels on the device and the prompt ids on the host: the engine lays a
+        prompt out once and reuses it while it repeats (a robot's instruction does), and a drafted request's
+        lookup of its previous action then reads no device memory."""
+        return self.model.prepare_inputs(images, instructions, text_on_device=False)
 
     def predict_from_inputs(self, inputs: ModelInputs, unnorm_key: str | None = None) -> np.ndarray:
         """Greedy actions (B, action_dim) for already prepared inputs. With ``draft_previous`` a single robot's
@@ -611,7 +617,7 @@ class OpenVLAEngine:
         if inputs.batch_size != 1:
             raise ValueError(f"a draft is for one robot's request (batch 1), got batch {inputs.batch_size}; "
                              "call generate without draft for batches")
-        draft = torch.as_tensor(draft).reshape(-1).to(device=inputs.input_ids.device, dtype=torch.long)
+        draft = torch.as_tensor(draft).reshape(-1).to(device=self.device, dtype=torch.long)
         if draft.numel() != d or d < 2:
             raise ValueError(f"draft must hold action_dim = {d} token ids (>= 2), got {draft.numel()}")
         vocab = self.model.language_model.config.vocab_size
@@ -619,12 +625,16 @@ class OpenVLAEngine:
         if not 0 <= lo <= hi < vocab:
             raise ValueError(f"draft token ids must be in [0, {vocab}), got {draft.tolist()}")
         guess = draft[None]
-        ids = torch.cat([inputs.input_ids, guess[:, :-1]], dim=1)  # the prompt, then the draft's first D - 1
-        am = torch.cat([inputs.attention_mask, torch.ones_like(guess[:, :-1])], dim=1)
+        # The prompt, then D - 1 placeholders for the draft's first tokens, written below (the prompt's layout
+        # stays cached while the prompt repeats; only the draft changes between a robot's requests).
+        room = inputs.input_ids.new_zeros(1, d - 1)
+        ids = torch.cat([inputs.input_ids, room], dim=1)
+        am = torch.cat([inputs.attention_mask, torch.ones_like(room)], dim=1)
         lp = self.text_bucket * math.ceil(ids.shape[1] / self.text_bucket)
         g = self._bucket(1, lp, d, spec=True)
         assert g.guess is not None
         self._fill(g, ModelInputs(inputs.pixel_values, ids, am))
+        g.input_ids[:, lp - (d - 1) :].copy_(guess[:, :-1])  # left padding: the draft's columns are the last
         g.guess.copy_(guess)
         return g
 
@@ -703,23 +713,35 @@ class OpenVLAEngine:
 
     def _fill(self, g: _Graph, inputs: ModelInputs) -> None:
         """Copy one request into the bucket's static buffers (left-pad text, repeat row 0 into spare rows)."""
-        b, length = inputs.input_ids.shape
+        b = inputs.batch_size
+        self._fill_text(g, inputs.input_ids, inputs.attention_mask)
+        pix = inputs.pixel_values
+        if b < g.batch:
+            pix = torch.cat([pix, pix[:1].expand(g.batch - b, -1, -1, -1)])
+        g.pixel_values.copy_(pix.to(g.pixel_values.dtype))
+
+    def _fill_text(self, g: _Graph, input_ids: Tensor, attention_mask: Tensor) -> None:
+        """The prompt's ids and layout (:func:`prefill_layout`) into the bucket's buffers. Ids on the host (as
+        :meth:`prepare_inputs` gives them) are laid out there, and only when they differ from the bucket's last
+        prompt: a robot repeats its instruction, so its requests then cost no text work at all. Device ids are
+        laid out on the device every time (reading them back would wait for the device)."""
+        key = None
+        if input_ids.device.type == "cpu":
+            key = (tuple(input_ids.shape), input_ids.numpy().tobytes(), attention_mask.numpy().tobytes())
+            if key == g.text_key:
+                return
+        b, length = input_ids.shape
         pad = g.text_len - length
-        ids = F.pad(inputs.input_ids, (pad, 0), value=self.model.config.pad_token_id)
-        am = F.pad(inputs.attention_mask, (pad, 0), value=0)
+        ids = F.pad(input_ids, (pad, 0), value=self.model.config.pad_token_id)
+        am = F.pad(attention_mask, (pad, 0), value=0)
         if b < g.batch:
             rep = g.batch - b
             ids = torch.cat([ids, ids[:1].expand(rep, -1)])
             am = torch.cat([am, am[:1].expand(rep, -1)])
-            pix = torch.cat([inputs.pixel_values, inputs.pixel_values[:1].expand(rep, -1, -1, -1)])
-        else:
-            pix = inputs.pixel_values
         gather, valid, positions = prefill_layout(am, self.num_patches, g.text_len)
-        g.input_ids.copy_(ids)
-        g.pixel_values.copy_(pix.to(g.pixel_values.dtype))
-        g.gather_idx.copy_(gather)
-        g.key_valid.copy_(valid)
-        g.positions.copy_(positions)
+        for dst, src in ((g.input_ids, ids), (g.gather_idx, gather), (g.key_valid, valid), (g.positions, positions)):
+            dst.copy_(src)
+        g.text_key = key
 
     # ------------------------------------------------------------------ the static computation
     def _trunk(self, x: Tensor, positions: Tensor, idx: Tensor, mask: Tensor | None,
