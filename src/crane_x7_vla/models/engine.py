@@ -509,7 +509,7 @@ class OpenVLAEngine:
         key = (d, inputs.input_ids[inputs.attention_mask.bool()].cpu().numpy().tobytes())
         with self._lock:
             draft = self._drafts.get(key)
-        tokens = self.generate(inputs, d, draft=draft)
+        tokens = self.generate(inputs, d, draft=draft).cpu()  # kept on the host: the next check reads no device
         with self._lock:
             self._drafts[key] = tokens[0]
             self._drafts.move_to_end(key)
@@ -617,13 +617,17 @@ class OpenVLAEngine:
         if inputs.batch_size != 1:
             raise ValueError(f"a draft is for one robot's request (batch 1), got batch {inputs.batch_size}; "
                              "call generate without draft for batches")
-        draft = torch.as_tensor(draft).reshape(-1).to(device=self.device, dtype=torch.long)
+        draft = torch.as_tensor(draft).reshape(-1).to(dtype=torch.long)
         if draft.numel() != d or d < 2:
             raise ValueError(f"draft must hold action_dim = {d} token ids (>= 2), got {draft.numel()}")
         vocab = self.model.language_model.config.vocab_size
-        lo, hi = (int(v) for v in draft.aminmax())  # one device read, not two
+        lo, hi = (int(v) for v in draft.aminmax())  # a host draft (the engine's own) is checked without a sync
         if not 0 <= lo <= hi < vocab:
             raise ValueError(f"draft token ids must be in [0, {vocab}), got {draft.tolist()}")
+        if draft.device.type == "cpu" and self.device.type == "cuda":
+            # Through pinned memory: a pageable copy would wait for the frame's preprocessing queued before it.
+            draft = draft.pin_memory().to(self.device, non_blocking=True)
+        draft = draft.to(self.device)
         guess = draft[None]
         # The prompt, then D - 1 placeholders for the draft's first tokens, written below (the prompt's layout
         # stays cached while the prompt repeats; only the draft changes between a robot's requests).
