@@ -230,6 +230,13 @@ def test_drafted_passes_as_cuda_graphs(tiny_ckpt: Path, images: list[np.ndarray]
         for name, (draft, _) in _drafts(want[0], model.language_model.config.vocab_size).items():
             for _ in range(2):
                 assert torch.equal(engine.generate(inputs, d, draft=draft), want), (rows, name)
+        # The service's path: host prompt ids, the previous action kept on the host and sent through pinned
+        # memory; the same frame again is a right draft.
+        host = engine.prepare_inputs(images[2:3], INSTRUCTIONS[2:3])
+        assert host.input_ids.device.type == "cpu"
+        for passes in (d, 1):
+            np.testing.assert_array_equal(engine.predict_from_inputs(host), model.decode_actions(want))
+            assert engine.last_passes == passes
         assert {key: set(g.steps) for key, g in engine._graphs.items()} == captured  # nothing captured late
 
 
