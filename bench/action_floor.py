@@ -47,9 +47,8 @@ def read_bandwidth_tb_s(device: str, gib: float, iters: int) -> dict[str, float]
     x = torch.empty(n // 4096, 4096, device=device, dtype=torch.bfloat16).normal_()
     v = torch.randn(4096, 1, device=device, dtype=torch.bfloat16)
     nbytes = x.numel() * 2
-    out = {"sum": nbytes / _best_s(lambda: x.sum(dtype=torch.float32), iters) / 1e12,
-           "gemv": nbytes / _best_s(lambda: x @ v, iters) / 1e12}
-    return out
+    return {"sum": nbytes / _best_s(lambda: x.sum(dtype=torch.float32), iters) / 1e12,
+            "gemv": nbytes / _best_s(lambda: x @ v, iters) / 1e12}
 
 
 def gemm_tflop_s(device: str, shapes: dict[str, tuple[int, int, int]], iters: int) -> dict[str, float]:

@@ -624,10 +624,9 @@ class OpenVLAEngine:
         lo, hi = (int(v) for v in draft.aminmax())  # a host draft (the engine's own) is checked without a sync
         if not 0 <= lo <= hi < vocab:
             raise ValueError(f"draft token ids must be in [0, {vocab}), got {draft.tolist()}")
-        if draft.device.type == "cpu" and self.device.type == "cuda":
-            # Through pinned memory: a pageable copy would wait for the frame's preprocessing queued before it.
-            draft = draft.pin_memory().to(self.device, non_blocking=True)
-        draft = draft.to(self.device)
+        # A host draft goes through pinned memory: a pageable copy would wait for the frame's preprocessing.
+        pinned = draft.device.type == "cpu" and self.device.type == "cuda"
+        draft = (draft.pin_memory() if pinned else draft).to(self.device, non_blocking=pinned)
         guess = draft[None]
         # The prompt, then D - 1 placeholders for the draft's first tokens, written below (the prompt's layout
         # stays cached while the prompt repeats; only the draft changes between a robot's requests).
